@@ -1,0 +1,77 @@
+/*-------------------------------------------------------------------------
+ *
+ * cleaner.c
+ *	  Leader service: deletes final jobs older than their retention
+ *	  (jobq.completed_retention; jobq.discarded_retention for discarded and
+ *	  cancelled jobs).
+ *
+ * Each cycle deletes at most DELETE_BATCH jobs of each kind of retention,
+ * in one short transaction, skipping rows others have locked; when a batch
+ * was full the cleaner runs again at once, so a backlog is worked off in
+ * many small transactions that never hold locks for long.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "jobq.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+
+#define DELETE_BATCH	1000
+
+static SPIPlanPtr delete_completed_plan;
+static SPIPlanPtr delete_failed_plan;
+
+#define DELETE_SQL(states) \
+"WITH old AS MATERIALIZED (" \
+"    SELECT id FROM jobq.jobs" \
+"     WHERE state IN " states \
+"       AND finalized_at < now() - $1 * interval '1 second'" \
+"     ORDER BY finalized_at" \
+"     LIMIT " CppAsString2(DELETE_BATCH) \
+"     FOR UPDATE SKIP LOCKED)" \
+" DELETE FROM jobq.jobs j USING old WHERE j.id = old.id"
+
+static void
+cleaner_start(void)
+{
+	Oid			types[1] = {FLOAT8OID};
+
+	delete_completed_plan = jobq_prepare(DELETE_SQL("('completed')"), 1, types);
+	delete_failed_plan = jobq_prepare(DELETE_SQL("('discarded', 'cancelled')"), 1, types);
+}
+
+static void
+cleaner_stop(void)
+{
+	jobq_free_plan(&delete_completed_plan);
+	jobq_free_plan(&delete_failed_plan);
+}
+
+static uint64
+delete_older_than(SPIPlanPtr plan, int retention_s)
+{
+	Datum		values[1] = {Float8GetDatum((double) retention_s)};
+
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not delete old jobs");
+	return SPI_processed;
+}
+
+static long
+cleaner_run(int db_index)
+{
+	uint64		completed = delete_older_than(delete_completed_plan, jobq_completed_retention_s);
+	uint64		failed = delete_older_than(delete_failed_plan, jobq_discarded_retention_s);
+
+	if (completed + failed > 0)
+		elog(DEBUG1, "jobq cleaner deleted " UINT64_FORMAT " completed and " UINT64_FORMAT " discarded or cancelled jobs",
+			 completed, failed);
+	if (completed == DELETE_BATCH || failed == DELETE_BATCH)
+		return 0;
+	return jobq_cleanup_interval_ms;
+}
+
+const JobqServiceDef jobq_cleaner_service = {
+	JOBQ_CLEANER, cleaner_start, cleaner_stop, cleaner_run
+};

@@ -1,0 +1,198 @@
+/*-------------------------------------------------------------------------
+ *
+ * commit.c
+ *	  What a transaction asks to happen once it commits: wake idle workers
+ *	  because it made jobs available, wake the leader because it changed
+ *	  what is scheduled, wake jobq.wait() callers because jobs became final,
+ *	  flush the workers' caches because handlers or queues changed, and tell
+ *	  the launcher about CREATE/DROP EXTENSION.
+ *
+ * Nothing is signalled before COMMIT: a worker woken earlier could not see
+ * the jobs yet, and a rolled-back transaction must wake nobody.  The
+ * callback runs after the commit is visible to other backends (after
+ * ProcArrayEndTransaction), so a woken worker finds the jobs.  It must not
+ * fail: it only takes a shared LWLock and sets latches.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "jobq.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+
+typedef struct PendingActions
+{
+	int64		wake_workers;	/* jobs made available */
+	bool		wake_leader;
+	bool		jobs_finished;
+	bool		config_changed;
+	bool		recheck_database;
+	bool		probe_database;
+	bool		rescan_databases;
+} PendingActions;
+
+static PendingActions pending;
+static bool callback_registered = false;
+
+static void
+run_pending_actions(void)
+{
+	int			db_index = -1;
+
+	if (JobqShared == NULL)
+		return;
+
+	if (pending.config_changed)
+		pg_atomic_fetch_add_u64(&JobqShared->config_generation, 1);
+
+	if (pending.wake_workers > 0 || pending.wake_leader || pending.recheck_database)
+		db_index = jobq_db_index(MyDatabaseId);
+
+	if (db_index >= 0)
+	{
+		if (pending.recheck_database)
+			jobq_wake_database(db_index);
+		else if (pending.wake_workers > 0)
+			jobq_wake_workers(db_index, (int) Min(pending.wake_workers, PG_INT32_MAX));
+		if (pending.wake_leader)
+			jobq_wake_leader(db_index);
+	}
+
+	if (pending.jobs_finished)
+		ConditionVariableBroadcast(&JobqShared->job_finished_cv);
+
+	if (pending.probe_database || pending.rescan_databases || pending.recheck_database)
+	{
+		LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+		JobqShared->rescan_requested = true;
+		if (pending.probe_database)
+		{
+			for (int d = 0; d < JobqShared->max_databases; d++)
+			{
+				JobqDatabase *db = &JobqShared->databases[d];
+
+				if (db->state == JOBQ_DB_ABSENT && db->dboid == MyDatabaseId)
+					db->state = JOBQ_DB_PROBING;
+			}
+		}
+		LWLockRelease(JobqShared->lock);
+		jobq_wake_launcher();
+	}
+}
+
+static void
+jobq_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			run_pending_actions();
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			/*
+			 * A prepared transaction commits later in another session, which
+			 * wakes nobody; jobq.poll_interval covers its jobs.
+			 */
+			break;
+		default:
+			return;
+	}
+	memset(&pending, 0, sizeof(pending));
+}
+
+static void
+ensure_callback(void)
+{
+	jobq_require_preload();
+	if (!callback_registered)
+	{
+		RegisterXactCallback(jobq_xact_callback, NULL);
+		callback_registered = true;
+	}
+}
+
+void
+jobq_at_commit_wake_workers(int howmany)
+{
+	ensure_callback();
+	pending.wake_workers += Max(howmany, 0);
+}
+
+void
+jobq_at_commit_wake_leader(void)
+{
+	ensure_callback();
+	pending.wake_leader = true;
+}
+
+void
+jobq_at_commit_jobs_finished(void)
+{
+	ensure_callback();
+	pending.jobs_finished = true;
+}
+
+void
+jobq_at_commit_config_changed(void)
+{
+	ensure_callback();
+	pending.config_changed = true;
+}
+
+void
+jobq_at_commit_probe_database(void)
+{
+	ensure_callback();
+	pending.probe_database = true;
+}
+
+void
+jobq_at_commit_recheck_database(void)
+{
+	ensure_callback();
+	pending.recheck_database = true;
+}
+
+void
+jobq_at_commit_rescan_databases(void)
+{
+	ensure_callback();
+	pending.rescan_databases = true;
+}
+
+/* SQL-callable wrappers, used by the API functions in jobq--*.sql */
+
+PG_FUNCTION_INFO_V1(jobq_wake_workers_at_commit_sql);
+PG_FUNCTION_INFO_V1(jobq_wake_leader_at_commit_sql);
+PG_FUNCTION_INFO_V1(jobq_jobs_finished_at_commit_sql);
+PG_FUNCTION_INFO_V1(jobq_config_changed_sql);
+
+Datum
+jobq_wake_workers_at_commit_sql(PG_FUNCTION_ARGS)
+{
+	jobq_at_commit_wake_workers(PG_GETARG_INT32(0));
+	PG_RETURN_VOID();
+}
+
+Datum
+jobq_wake_leader_at_commit_sql(PG_FUNCTION_ARGS)
+{
+	jobq_at_commit_wake_leader();
+	PG_RETURN_VOID();
+}
+
+Datum
+jobq_jobs_finished_at_commit_sql(PG_FUNCTION_ARGS)
+{
+	jobq_at_commit_jobs_finished();
+	PG_RETURN_VOID();
+}
+
+Datum
+jobq_config_changed_sql(PG_FUNCTION_ARGS)
+{
+	jobq_at_commit_config_changed();
+	PG_RETURN_VOID();
+}

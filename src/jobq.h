@@ -1,0 +1,247 @@
+/*-------------------------------------------------------------------------
+ *
+ * jobq.h
+ *	  Vocabulary, shared-memory layout and cross-file interfaces of jobq.
+ *
+ * Words used throughout the code:
+ *
+ *	job			a row of jobq.jobs: one unit of background work
+ *	kind		the name a job is enqueued under; it selects the handler
+ *	handler		the SQL function (or procedure) registered for a kind; it is
+ *				called with the job's args (jsonb) as the job's owner role
+ *	owner		the role that enqueued the job; the handler runs as this role
+ *	queue		a named stream of jobs (jobq.queues); can be paused and can
+ *				limit how many of its jobs run at once
+ *	attempt		one run of a job's handler; counted (and committed) before
+ *				the handler starts, so a job that kills its worker is finite
+ *	batch		the jobs one worker claims in one transaction and runs in one
+ *				transaction, one subtransaction per job
+ *	worker		a background process that claims and runs jobs
+ *	candidate	a background process that competes for the leader lock
+ *	leader		the candidate holding the database's leader advisory lock;
+ *				it runs the services and never runs user code
+ *	service		a leader duty: scheduler, rescuer, cleaner, periodic
+ *	launcher	the one static background worker; it starts and restarts
+ *				every database's workers and candidates
+ *	component	anything with a row in jobq.components: the launcher, each
+ *				worker and candidate, and each leader service
+ *	incarnation	a random 64-bit id a worker takes when it starts; it is what
+ *				jobs.attempted_by holds, and a job whose incarnation is not
+ *				live in shared memory has lost its worker
+ *
+ * Locking protocol for JobqShared (see shmem.c):
+ *	- JobqShared->lock (LWLock) guards the database table and which component
+ *	  slots are in use; the launcher takes it exclusively to change them,
+ *	  readers take it shared.
+ *	- Each JobqComponent has a spinlock guarding its volatile fields (pid,
+ *	  state, job, counters, last error).  Only the owning process writes
+ *	  them, except the launcher, which writes restarts/stop_requested and
+ *	  clears the slot of a process that is gone.  Copy out under the
+ *	  spinlock, then do any slow work.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef JOBQ_H
+#define JOBQ_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "fmgr.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/spin.h"
+#include "utils/wait_event.h"
+
+#define JOBQ_CANDIDATES			2	/* leader candidates per database */
+#define JOBQ_ERROR_LEN			256 /* last error kept per component */
+#define JOBQ_MAX_BACKOFF_MS		60000	/* cap of every restart backoff */
+
+/* Advisory lock key of the leader lock: ('jobq' as int32, 1). */
+#define JOBQ_LEADER_LOCK_KEY1	0x6a6f6271
+#define JOBQ_LEADER_LOCK_KEY2	1
+
+typedef enum JobqComponentKind
+{
+	JOBQ_LAUNCHER,
+	JOBQ_WORKER,
+	JOBQ_CANDIDATE,
+	JOBQ_SERVICE
+} JobqComponentKind;
+
+typedef enum JobqServiceKind
+{
+	JOBQ_SCHEDULER,
+	JOBQ_RESCUER,
+	JOBQ_CLEANER,
+	JOBQ_PERIODIC,
+	JOBQ_NUM_SERVICES
+} JobqServiceKind;
+
+/* Component states; names as shown by jobq.components. */
+typedef enum JobqState
+{
+	JOBQ_STOPPED,
+	JOBQ_STARTING,
+	JOBQ_RUNNING,
+	JOBQ_IDLE,
+	JOBQ_BUSY,
+	JOBQ_BACKOFF,
+	JOBQ_FAILED
+} JobqState;
+
+typedef struct JobqComponent
+{
+	slock_t		mutex;
+	bool		in_use;			/* launcher-owned, under JobqShared->lock */
+	JobqComponentKind kind;
+	int			number;			/* worker/candidate number, or service kind */
+	int			db_index;		/* -1 for the launcher */
+
+	pid_t		pid;			/* 0 when no process runs it */
+	Latch	   *latch;
+	uint64		incarnation;	/* workers: what jobs.attempted_by holds */
+	JobqState	state;
+	int64		job_id;			/* workers: job being run, 0 if none */
+	TimestampTz started_at;
+	TimestampTz heartbeat_at;
+	TimestampTz last_error_at;
+	int32		restarts;
+	int64		jobs_done;
+	int64		jobs_failed;
+	bool		stop_requested; /* launcher asks a worker to leave */
+	char		last_error[JOBQ_ERROR_LEN];
+} JobqComponent;
+
+typedef enum JobqDatabaseState
+{
+	JOBQ_DB_FREE,				/* slot unused */
+	JOBQ_DB_PROBING,			/* extension presence not known yet */
+	JOBQ_DB_ACTIVE,				/* extension installed: run everything */
+	JOBQ_DB_ABSENT				/* no extension: run nothing */
+} JobqDatabaseState;
+
+typedef struct JobqDatabase
+{
+	Oid			dboid;
+	JobqDatabaseState state;
+	char		name[NAMEDATALEN];
+	pid_t		hold_pid;		/* backend keeping processes off (DROP DATABASE) */
+	int			leader;			/* candidate number holding leadership, or -1 */
+	Latch	   *leader_latch;
+	pg_atomic_uint32 lost_workers;	/* bumped when a worker exits: rescue work */
+} JobqDatabase;
+
+typedef struct JobqSharedState
+{
+	LWLock	   *lock;
+	Latch	   *launcher_latch;
+	bool		rescan_requested;	/* under lock: look at pg_database again */
+	int			max_databases;
+	int			slots_per_db;	/* workers + candidates + services */
+	pg_atomic_uint64 config_generation; /* handlers/queues changed: flush caches */
+	ConditionVariable job_finished_cv;	/* jobq.wait() sleeps here */
+	ConditionVariable components_cv;	/* jobq.wait_ready() sleeps here */
+	JobqComponent launcher;
+	JobqDatabase *databases;	/* [max_databases] */
+	JobqComponent *components;	/* [max_databases * slots_per_db] */
+} JobqSharedState;
+
+extern JobqSharedState *JobqShared;
+
+/* A leader service: start prepares, stop undoes it, run does one cycle. */
+typedef struct JobqServiceDef
+{
+	JobqServiceKind kind;
+	void		(*start) (void);	/* in a transaction; may raise an ERROR */
+	void		(*stop) (void);		/* never fails */
+	long		(*run) (int db_index);	/* in a transaction; ms until due again */
+} JobqServiceDef;
+
+extern const JobqServiceDef jobq_scheduler_service;
+extern const JobqServiceDef jobq_rescuer_service;
+extern const JobqServiceDef jobq_cleaner_service;
+extern const JobqServiceDef jobq_periodic_service;
+
+/* jobq.c */
+extern bool jobq_preloaded;
+extern void jobq_require_preload(void);
+
+/* guc.c: settings, documented in README.md */
+extern int	jobq_workers;
+extern int	jobq_max_databases;
+extern int	jobq_poll_interval_ms;
+extern int	jobq_batch_size;
+extern int	jobq_batch_time_ms;
+extern int	jobq_rescue_interval_ms;
+extern int	jobq_cleanup_interval_ms;
+extern int	jobq_completed_retention_s;
+extern int	jobq_discarded_retention_s;
+extern int	jobq_leader_cooldown_ms;
+extern bool jobq_log_jobs;
+extern char *jobq_fail_service;
+extern void jobq_guc_define(void);
+
+/* shmem.c */
+extern void jobq_shmem_hooks_install(void);
+extern JobqComponent *jobq_component(int db_index, JobqComponentKind kind, int number);
+extern int	jobq_slot_index(JobqComponent *c);
+extern JobqComponent *jobq_component_by_slot(int slot);
+extern int	jobq_db_index(Oid dboid);
+extern void jobq_component_attach(JobqComponent *c);
+extern void jobq_component_set_state(JobqComponent *c, JobqState state);
+extern void jobq_component_set_job(JobqComponent *c, int64 job_id);
+extern void jobq_component_heartbeat(JobqComponent *c);
+extern void jobq_component_error(JobqComponent *c, const char *message);
+extern void jobq_component_count(JobqComponent *c, int64 done, int64 failed);
+extern const char *jobq_state_name(JobqState state);
+extern const char *jobq_service_name(JobqServiceKind service);
+extern void jobq_wake_workers(int db_index, int howmany);
+extern void jobq_wake_database(int db_index);
+extern void jobq_wake_leader(int db_index);
+extern void jobq_wake_launcher(void);
+extern int	jobq_live_incarnations(int db_index, uint64 *out);
+
+/* commit.c: what a transaction asks to happen once it commits */
+extern void jobq_at_commit_wake_workers(int howmany);
+extern void jobq_at_commit_wake_leader(void);
+extern void jobq_at_commit_jobs_finished(void);
+extern void jobq_at_commit_config_changed(void);
+extern void jobq_at_commit_probe_database(void);
+extern void jobq_at_commit_recheck_database(void);
+extern void jobq_at_commit_rescan_databases(void);
+
+/* ddl.c: ProcessUtility hook keeping processes out of the way of DDL */
+extern void jobq_ddl_hook_install(void);
+
+/* launcher.c */
+extern void jobq_launcher_register(void);
+PGDLLEXPORT void jobq_launcher_main(Datum main_arg) pg_attribute_noreturn();
+
+/* process.c: what every jobq process does */
+extern JobqComponent *jobq_process_start(Datum main_arg, const char *app_name);
+extern bool jobq_extension_present(void);
+extern void jobq_process_exit_if_extension_gone(JobqComponent *me);
+extern void jobq_process_handle_interrupts(void);
+extern void jobq_process_recover(JobqComponent *me, MemoryContext cxt);
+extern void jobq_process_wait(long timeout_ms);
+extern void jobq_xact_begin(const char *activity);
+extern void jobq_xact_end(void);
+extern struct _SPI_plan *jobq_prepare(const char *sql, int nargs, Oid *argtypes);
+extern void jobq_free_plan(struct _SPI_plan **plan);
+
+/* worker.c */
+PGDLLEXPORT void jobq_worker_main(Datum main_arg) pg_attribute_noreturn();
+extern int64 jobq_current_job_id;
+
+/* leader.c */
+PGDLLEXPORT void jobq_candidate_main(Datum main_arg) pg_attribute_noreturn();
+
+/* backoff.c */
+extern int64 jobq_retry_backoff_ms(int attempt, int64 cap_ms);
+extern int	jobq_restart_backoff_ms(int failures);
+extern int64 jobq_interval_ms(const Interval *span);
+
+#endif							/* JOBQ_H */

@@ -1,0 +1,590 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *	  The launcher: the one static background worker.  It keeps the table of
+ *	  databases in shared memory in step with pg_database, and in every
+ *	  database where the extension is installed keeps jobq.workers workers
+ *	  and JOBQ_CANDIDATES leader candidates running.
+ *
+ * A database starts PROBING: one candidate connects and reports whether
+ * the extension is there (ACTIVE) or not (ABSENT).  CREATE EXTENSION moves
+ * a database back to PROBING (ddl.c), and a process finding the extension
+ * dropped marks it ABSENT.  The launcher never connects to a database
+ * itself: it reads only the shared catalog pg_database.
+ *
+ * Every process it starts has bgw_notify_pid set to the launcher, so the
+ * postmaster wakes it at each start and exit.  An exit the launcher did
+ * not ask for is answered with a restart after 1 s, 2 s, 4 s, ... (capped);
+ * a process that lived longer than the cap starts the series again.  When
+ * the postmaster has no free background worker slot, the launcher says so
+ * in the log, naming max_worker_processes, and retries on the same backoff.
+ *
+ * The launcher starts only after recovery, so a hot standby runs nothing.
+ * If the launcher itself restarts, processes it started earlier are
+ * orphans it has no handle for: it terminates them and starts new ones
+ * once their slots are free.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "jobq.h"
+
+#include <signal.h>
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "tcop/tcopprot.h"
+#include "storage/ipc.h"
+#include "storage/procarray.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#define RESCAN_INTERVAL_MS	60000	/* look at pg_database without being asked */
+
+/* Launcher-local bookkeeping for one component slot. */
+typedef struct LaunchedProcess
+{
+	BackgroundWorkerHandle *handle;
+	TimestampTz started_at;
+	TimestampTz next_start;		/* do not start before this */
+	int			failures;		/* consecutive early exits or failed starts */
+	bool		terminating;	/* TerminateBackgroundWorker() sent */
+} LaunchedProcess;
+
+typedef struct DatabaseSeen
+{
+	Oid			oid;
+	char		name[NAMEDATALEN];
+} DatabaseSeen;
+
+static LaunchedProcess *launched;	/* [max_databases * slots_per_db] */
+static bool *database_gone;		/* [max_databases]: no longer in pg_database */
+static JobqDatabaseState *logged_state; /* [max_databases]: last state logged */
+static List *warned_full = NIL; /* OIDs warned about jobq.max_databases */
+
+void
+jobq_launcher_register(void)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = 1;
+	strlcpy(bgw.bgw_library_name, "jobq", BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name, "jobq_launcher_main", BGW_MAXLEN);
+	strlcpy(bgw.bgw_name, "jobq launcher", BGW_MAXLEN);
+	strlcpy(bgw.bgw_type, "jobq launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&bgw);
+}
+
+static const char *
+process_kind_name(JobqComponentKind kind)
+{
+	return kind == JOBQ_WORKER ? "worker" : "candidate";
+}
+
+/* The connectable, non-template databases, read from pg_database. */
+static List *
+list_databases(MemoryContext cxt)
+{
+	List	   *result = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database pgdb = (Form_pg_database) GETSTRUCT(tup);
+		DatabaseSeen *seen;
+
+		if (!pgdb->datallowconn || pgdb->datistemplate ||
+			database_is_invalid_form(pgdb))
+			continue;
+		seen = MemoryContextAlloc(cxt, sizeof(DatabaseSeen));
+		seen->oid = pgdb->oid;
+		strlcpy(seen->name, NameStr(pgdb->datname), NAMEDATALEN);
+		result = lappend(result, seen);	/* list cells in cxt too */
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return result;
+}
+
+static void
+reset_database_slots(int d)
+{
+	for (int i = 0; i < JobqShared->slots_per_db; i++)
+	{
+		JobqComponent *c = &JobqShared->components[d * JobqShared->slots_per_db + i];
+
+		SpinLockAcquire(&c->mutex);
+		c->restarts = 0;
+		c->jobs_done = 0;
+		c->jobs_failed = 0;
+		c->last_error[0] = '\0';
+		c->last_error_at = 0;
+		c->started_at = 0;
+		c->state = JOBQ_STOPPED;
+		SpinLockRelease(&c->mutex);
+		memset(&launched[d * JobqShared->slots_per_db + i], 0, sizeof(LaunchedProcess));
+	}
+}
+
+/* Brings the database table in step with pg_database. */
+static void
+scan_databases(void)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "jobq scan",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	List	   *seen = list_databases(cxt);
+	ListCell   *lc;
+
+	MemoryContextSwitchTo(old);
+
+	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+	JobqShared->rescan_requested = false;
+
+	for (int d = 0; d < JobqShared->max_databases; d++)
+	{
+		JobqDatabase *db = &JobqShared->databases[d];
+		bool		found = false;
+
+		if (db->state == JOBQ_DB_FREE)
+			continue;
+		foreach(lc, seen)
+		{
+			DatabaseSeen *s = lfirst(lc);
+
+			if (s->oid == db->dboid)
+			{
+				found = true;
+				strlcpy(db->name, s->name, NAMEDATALEN);	/* may be renamed */
+				break;
+			}
+		}
+		database_gone[d] = !found;
+	}
+
+	foreach(lc, seen)
+	{
+		DatabaseSeen *s = lfirst(lc);
+		int			free_slot = -1;
+		bool		known = false;
+
+		for (int d = 0; d < JobqShared->max_databases; d++)
+		{
+			JobqDatabase *db = &JobqShared->databases[d];
+
+			if (db->state != JOBQ_DB_FREE && db->dboid == s->oid)
+				known = true;
+			else if (db->state == JOBQ_DB_FREE && free_slot < 0)
+				free_slot = d;
+		}
+		if (known)
+			continue;
+		if (free_slot < 0)
+		{
+			if (!list_member_oid(warned_full, s->oid))
+			{
+				MemoryContext top = MemoryContextSwitchTo(TopMemoryContext);
+
+				warned_full = lappend_oid(warned_full, s->oid);
+				MemoryContextSwitchTo(top);
+				ereport(WARNING,
+						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						 errmsg("jobq cannot watch database \"%s\": all %d database slots are in use",
+								s->name, JobqShared->max_databases),
+						 errhint("Raise jobq.max_databases and restart the server.")));
+			}
+			continue;
+		}
+		JobqShared->databases[free_slot].dboid = s->oid;
+		strlcpy(JobqShared->databases[free_slot].name, s->name, NAMEDATALEN);
+		JobqShared->databases[free_slot].state = JOBQ_DB_PROBING;
+		JobqShared->databases[free_slot].hold_pid = 0;
+		JobqShared->databases[free_slot].leader = -1;
+		JobqShared->databases[free_slot].leader_latch = NULL;
+		database_gone[free_slot] = false;
+		logged_state[free_slot] = JOBQ_DB_PROBING;
+		reset_database_slots(free_slot);
+	}
+	LWLockRelease(JobqShared->lock);
+
+	MemoryContextDelete(cxt);
+}
+
+static bool
+start_process(int d, JobqComponent *c, LaunchedProcess *p)
+{
+	BackgroundWorker bgw;
+	JobqDatabase *db = &JobqShared->databases[d];
+	const char *kind = process_kind_name(c->kind);
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(bgw.bgw_library_name, "jobq", BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name,
+			c->kind == JOBQ_WORKER ? "jobq_worker_main" : "jobq_candidate_main",
+			BGW_MAXLEN);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "jobq %s %d for database %s",
+			 kind, c->number, db->name);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "jobq %s", kind);
+	bgw.bgw_main_arg = Int32GetDatum(jobq_slot_index(c));
+	memcpy(bgw.bgw_extra, &db->dboid, sizeof(Oid));
+	bgw.bgw_notify_pid = MyProcPid;
+
+	return RegisterDynamicBackgroundWorker(&bgw, &p->handle);
+}
+
+/* A process of ours has ended: decide when it may start again. */
+static void
+process_exited(int d, JobqComponent *c, LaunchedProcess *p, bool wanted,
+			   TimestampTz now)
+{
+	JobqDatabase *db = &JobqShared->databases[d];
+	bool		expected;
+	bool		said_why;
+
+	SpinLockAcquire(&c->mutex);
+	expected = !wanted || c->stop_requested;
+	said_why = c->last_error_at >= p->started_at;
+	SpinLockRelease(&c->mutex);
+
+	/* a worker's jobs may need rescue; a leader may need replacing */
+	if (c->kind == JOBQ_WORKER)
+		pg_atomic_fetch_add_u32(&db->lost_workers, 1);
+	jobq_wake_database(d);
+	jobq_wake_leader(d);
+
+	if (expected)
+	{
+		p->failures = 0;
+		p->next_start = now;
+		return;
+	}
+
+	p->failures = TimestampDifferenceExceeds(p->started_at, now, JOBQ_MAX_BACKOFF_MS)
+		? 1 : p->failures + 1;
+	p->next_start = TimestampTzPlusMilliseconds(now, jobq_restart_backoff_ms(p->failures));
+
+	SpinLockAcquire(&c->mutex);
+	c->restarts++;
+	SpinLockRelease(&c->mutex);
+	if (!said_why)
+		jobq_component_error(c, "process exited unexpectedly");
+
+	ereport(LOG,
+			(errmsg("jobq %s %d of database \"%s\" exited unexpectedly; restarting it in %d ms",
+					process_kind_name(c->kind), c->number, db->name,
+					jobq_restart_backoff_ms(p->failures))));
+}
+
+static long
+ms_until(TimestampTz now, TimestampTz when)
+{
+	long		secs;
+	int			usecs;
+
+	if (when <= now)
+		return 0;
+	TimestampDifference(now, when, &secs, &usecs);
+	return secs * 1000 + usecs / 1000 + 1;
+}
+
+/*
+ * Brings one slot to where it should be; returns ms until it needs looking
+ * at again, or -1 when only a notification from the postmaster matters.
+ */
+static long
+manage_process(int d, JobqComponent *c, bool wanted, TimestampTz now)
+{
+	LaunchedProcess *p = &launched[jobq_slot_index(c)];
+	JobqDatabase *db = &JobqShared->databases[d];
+	pid_t		pid;
+	pid_t		orphan_pid;
+
+	if (p->handle != NULL)
+	{
+		BgwHandleStatus status = GetBackgroundWorkerPid(p->handle, &pid);
+
+		if (status == BGWH_POSTMASTER_DIED)
+			proc_exit(1);
+		if (status == BGWH_STOPPED)
+		{
+			pfree(p->handle);
+			p->handle = NULL;
+			p->terminating = false;
+			process_exited(d, c, p, wanted, now);
+		}
+	}
+
+	if (p->handle != NULL)
+	{
+		if (wanted)
+		{
+			SpinLockAcquire(&c->mutex);
+			c->stop_requested = false;
+			SpinLockRelease(&c->mutex);
+		}
+		else if (c->kind == JOBQ_WORKER && db->state == JOBQ_DB_ACTIVE &&
+				 db->hold_pid == 0 && !database_gone[d])
+		{
+			/* the pool shrank: let the worker leave between jobs */
+			Latch	   *latch;
+
+			SpinLockAcquire(&c->mutex);
+			c->stop_requested = true;
+			latch = c->pid != 0 ? c->latch : NULL;
+			SpinLockRelease(&c->mutex);
+			if (latch)
+				SetLatch(latch);
+		}
+		else if (!p->terminating)
+		{
+			TerminateBackgroundWorker(p->handle);
+			p->terminating = true;
+		}
+		return -1;
+	}
+
+	if (!wanted)
+		return -1;
+
+	/* a process of an earlier launcher still has the slot */
+	SpinLockAcquire(&c->mutex);
+	orphan_pid = c->pid;
+	SpinLockRelease(&c->mutex);
+	if (orphan_pid != 0)
+		return 100;
+
+	if (now < p->next_start)
+		return ms_until(now, p->next_start);
+
+	if (start_process(d, c, p))
+	{
+		p->started_at = now;
+		p->terminating = false;
+		return -1;
+	}
+
+	p->handle = NULL;
+	p->failures++;
+	p->next_start = TimestampTzPlusMilliseconds(now, jobq_restart_backoff_ms(p->failures));
+	ereport(WARNING,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("jobq could not start %s %d for database \"%s\": no free background worker slot",
+					process_kind_name(c->kind), c->number, db->name),
+			 errdetail("Retrying in %d ms.", jobq_restart_backoff_ms(p->failures)),
+			 errhint("Raise max_worker_processes (now %d): jobq needs 1 + (jobq.workers + %d) per database, besides other background workers.",
+					 max_worker_processes, JOBQ_CANDIDATES)));
+	return jobq_restart_backoff_ms(p->failures);
+}
+
+static long
+min_timeout(long a, long b)
+{
+	if (a < 0)
+		return b;
+	if (b < 0)
+		return a;
+	return Min(a, b);
+}
+
+static void
+log_state_change(int d, JobqDatabaseState state, bool held)
+{
+	JobqDatabase *db = &JobqShared->databases[d];
+
+	if (logged_state[d] == state)
+		return;
+	if (state == JOBQ_DB_ACTIVE)
+		ereport(LOG,
+				(errmsg("jobq starting %d workers and %d leader candidates in database \"%s\"",
+						Min(jobq_workers, max_worker_processes), JOBQ_CANDIDATES, db->name)));
+	else if (state == JOBQ_DB_ABSENT && logged_state[d] == JOBQ_DB_ACTIVE)
+		ereport(LOG,
+				(errmsg("jobq stopping its processes in database \"%s\": the extension is not installed",
+						db->name)));
+	logged_state[d] = state;
+	(void) held;
+}
+
+static long
+manage_database(int d, TimestampTz now)
+{
+	JobqDatabase *db = &JobqShared->databases[d];
+	JobqDatabaseState state;
+	pid_t		hold_pid;
+	int			nworkers = 0;
+	int			ncandidates = 0;
+	bool		any_running = false;
+	long		timeout = -1;
+
+	LWLockAcquire(JobqShared->lock, LW_SHARED);
+	state = db->state;
+	hold_pid = db->hold_pid;
+	LWLockRelease(JobqShared->lock);
+	if (state == JOBQ_DB_FREE)
+		return -1;
+
+	/* a backend that died while holding the database gave up its hold */
+	if (hold_pid != 0 && BackendPidGetProc(hold_pid) == NULL)
+	{
+		LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+		if (db->hold_pid == hold_pid)
+			db->hold_pid = 0;
+		LWLockRelease(JobqShared->lock);
+		hold_pid = 0;
+	}
+
+	if (hold_pid == 0 && !database_gone[d])
+	{
+		if (state == JOBQ_DB_ACTIVE)
+		{
+			nworkers = Min(jobq_workers, max_worker_processes);
+			ncandidates = JOBQ_CANDIDATES;
+		}
+		else if (state == JOBQ_DB_PROBING)
+			ncandidates = 1;
+		log_state_change(d, state, false);
+	}
+	else if (hold_pid != 0)
+		timeout = 1000;			/* watch the holder */
+
+	for (int i = 0; i < max_worker_processes; i++)
+	{
+		JobqComponent *c = jobq_component(d, JOBQ_WORKER, i);
+
+		timeout = min_timeout(timeout, manage_process(d, c, i < nworkers, now));
+		any_running |= launched[jobq_slot_index(c)].handle != NULL;
+	}
+	for (int i = 0; i < JOBQ_CANDIDATES; i++)
+	{
+		JobqComponent *c = jobq_component(d, JOBQ_CANDIDATE, i);
+
+		timeout = min_timeout(timeout, manage_process(d, c, i < ncandidates, now));
+		any_running |= launched[jobq_slot_index(c)].handle != NULL;
+	}
+
+	/* a dropped database's slot is freed once its processes are gone */
+	if (database_gone[d] && !any_running)
+	{
+		LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+		db->state = JOBQ_DB_FREE;
+		db->dboid = InvalidOid;
+		LWLockRelease(JobqShared->lock);
+		database_gone[d] = false;
+	}
+	return timeout;
+}
+
+/* Processes of an earlier launcher: we have no handle, so stop them. */
+static void
+terminate_orphans(void)
+{
+	int			nslots = JobqShared->max_databases * JobqShared->slots_per_db;
+
+	for (int i = 0; i < nslots; i++)
+	{
+		JobqComponent *c = &JobqShared->components[i];
+		pid_t		pid;
+
+		if (c->kind == JOBQ_SERVICE)
+			continue;
+		SpinLockAcquire(&c->mutex);
+		pid = c->pid;
+		SpinLockRelease(&c->mutex);
+		if (pid != 0)
+		{
+			ereport(LOG,
+					(errmsg("jobq launcher terminating process %d started by an earlier launcher",
+							(int) pid)));
+			kill(pid, SIGTERM);
+		}
+	}
+}
+
+static void
+launcher_detach(int code, Datum arg)
+{
+	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+	JobqShared->launcher_latch = NULL;
+	LWLockRelease(JobqShared->lock);
+}
+
+void
+jobq_launcher_main(Datum main_arg)
+{
+	JobqComponent *me = &JobqShared->launcher;
+	int			nslots = JobqShared->max_databases * JobqShared->slots_per_db;
+	TimestampTz next_rescan = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	jobq_component_attach(me);
+	before_shmem_exit(launcher_detach, (Datum) 0);
+	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+	JobqShared->launcher_latch = MyLatch;
+	LWLockRelease(JobqShared->lock);
+
+	/* no database: the launcher reads only shared catalogs */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("jobq launcher");
+
+	launched = MemoryContextAllocZero(TopMemoryContext, sizeof(LaunchedProcess) * nslots);
+	database_gone = MemoryContextAllocZero(TopMemoryContext,
+										   sizeof(bool) * JobqShared->max_databases);
+	logged_state = MemoryContextAllocZero(TopMemoryContext,
+										  sizeof(JobqDatabaseState) * JobqShared->max_databases);
+	for (int d = 0; d < JobqShared->max_databases; d++)
+		logged_state[d] = JobqShared->databases[d].state;
+
+	ereport(LOG, (errmsg("jobq launcher started")));
+	terminate_orphans();
+	jobq_component_set_state(me, JOBQ_RUNNING);
+
+	for (;;)
+	{
+		TimestampTz now;
+		bool		rescan;
+		long		timeout = -1;
+
+		jobq_process_handle_interrupts();
+
+		now = GetCurrentTimestamp();
+		LWLockAcquire(JobqShared->lock, LW_SHARED);
+		rescan = JobqShared->rescan_requested;
+		LWLockRelease(JobqShared->lock);
+		if (rescan || now >= next_rescan)
+		{
+			scan_databases();
+			next_rescan = TimestampTzPlusMilliseconds(now, RESCAN_INTERVAL_MS);
+		}
+
+		for (int d = 0; d < JobqShared->max_databases; d++)
+			timeout = min_timeout(timeout, manage_database(d, now));
+		timeout = min_timeout(timeout, ms_until(now, next_rescan));
+
+		jobq_component_heartbeat(me);
+		jobq_process_wait(timeout);
+	}
+}

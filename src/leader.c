@@ -1,0 +1,439 @@
+/*-------------------------------------------------------------------------
+ *
+ * leader.c
+ *	  Leader candidates, the election, and the lifecycle of the leader's
+ *	  services.
+ *
+ * Each database has JOBQ_CANDIDATES candidate processes.  They compete for
+ * a session-level advisory lock (JOBQ_LEADER_LOCK_KEY1/2); the holder is
+ * the leader.  The lock belongs to the process, so whatever ends the
+ * leader's process ends its leadership, and a waiting candidate takes over
+ * at its next try: the launcher wakes the candidates whenever a process of
+ * their database exits, and each tries at least every second besides.
+ *
+ * Leader lifecycle (every transition is logged):
+ *
+ *	candidate --lock--> starting --all services started--> leading
+ *	   ^                  |  \--a start failed: stop all, back off 1,2,4,8 s--> starting
+ *	   |                  \--still failing after the 4th backoff--> resign
+ *	   +---- cool-down (jobq.leader_cooldown) <---- resign <---- leading
+ *	                                   (a service failing 5 cycles in a row)
+ *
+ * A leader never holds the lock with its services down: it either gets
+ * them all running or resigns.  Every started service is stopped on every
+ * path out of leadership.  Leaders never run user code; each cycle they
+ * check that they still hold the lock before acting.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "jobq.h"
+
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "storage/lock.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#define LEADER_TRY_INTERVAL_MS	1000	/* candidates try the lock this often */
+#define START_ATTEMPTS			5	/* first try, then after 1, 2, 4, 8 s */
+#define SERVICE_MAX_FAILURES	5	/* consecutive failed cycles before resigning */
+
+typedef struct ServiceRun
+{
+	const JobqServiceDef *def;
+	JobqComponent *slot;
+	bool		started;
+	int			failures;
+	TimestampTz next_run;
+} ServiceRun;
+
+static const JobqServiceDef *const service_defs[JOBQ_NUM_SERVICES] = {
+	&jobq_scheduler_service,
+	&jobq_rescuer_service,
+	&jobq_cleaner_service,
+	&jobq_periodic_service,
+};
+
+static JobqComponent *me;
+static ServiceRun services[JOBQ_NUM_SERVICES];
+static MemoryContext leader_cxt;
+static bool leading = false;
+static uint32 seen_lost_workers = 0;
+
+static void
+leader_lock_tag(LOCKTAG *tag)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, JOBQ_LEADER_LOCK_KEY1,
+						 JOBQ_LEADER_LOCK_KEY2, 2);
+}
+
+static bool
+try_leader_lock(void)
+{
+	LOCKTAG		tag;
+	LockAcquireResult result;
+
+	leader_lock_tag(&tag);
+	StartTransactionCommand();
+	result = LockAcquire(&tag, ExclusiveLock, true, true);
+	CommitTransactionCommand();
+	return result != LOCKACQUIRE_NOT_AVAIL;
+}
+
+static bool
+holds_leader_lock(void)
+{
+	LOCKTAG		tag;
+
+	leader_lock_tag(&tag);
+	return LockHeldByMe(&tag, ExclusiveLock);
+}
+
+static void
+release_leader_lock(void)
+{
+	LOCKTAG		tag;
+
+	leader_lock_tag(&tag);
+	LockRelease(&tag, ExclusiveLock, true);
+}
+
+static const char *
+my_database(void)
+{
+	return JobqShared->databases[me->db_index].name;
+}
+
+static void
+set_leader(bool on)
+{
+	JobqDatabase *db = &JobqShared->databases[me->db_index];
+
+	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+	if (on)
+	{
+		db->leader = me->number;
+		db->leader_latch = MyLatch;
+	}
+	else if (db->leader == me->number)
+	{
+		db->leader = -1;
+		db->leader_latch = NULL;
+	}
+	LWLockRelease(JobqShared->lock);
+	ConditionVariableBroadcast(&JobqShared->components_cv);
+	leading = on;
+	pgstat_report_appname(on ? "jobq leader" : "jobq candidate");
+}
+
+/* A service slot shows the leader's pid while the service runs. */
+static void
+service_slot_set(JobqComponent *slot, JobqState state, bool first_start)
+{
+	SpinLockAcquire(&slot->mutex);
+	slot->pid = state == JOBQ_STOPPED || state == JOBQ_FAILED ? 0 : MyProcPid;
+	if (state == JOBQ_STARTING)
+	{
+		if (!first_start)
+			slot->restarts++;
+		slot->started_at = GetCurrentTimestamp();
+	}
+	SpinLockRelease(&slot->mutex);
+	jobq_component_set_state(slot, state);
+}
+
+/* Runs fn in a transaction; on ERROR records it in slot and returns false. */
+static bool
+in_transaction(JobqComponent *slot, const char *activity, void (*fn) (ServiceRun *),
+			   ServiceRun *s)
+{
+	bool		ok = true;
+
+	PG_TRY();
+	{
+		jobq_xact_begin(activity);
+		fn(s);
+		jobq_xact_end();
+	}
+	PG_CATCH();
+	{
+		jobq_process_recover(slot, leader_cxt);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+static void
+start_one(ServiceRun *s)
+{
+	const char *name = jobq_service_name(s->def->kind);
+
+	if (jobq_fail_service != NULL && strcmp(jobq_fail_service, name) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("jobq %s could not start: failure injected by jobq.debug_fail_service", name)));
+	s->def->start();
+}
+
+/* Stops every started service; a service that failed stays shown failed. */
+static void
+stop_services(void)
+{
+	for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
+	{
+		ServiceRun *s = &services[i];
+		JobqState	state;
+
+		if (s->started)
+			s->def->stop();
+		s->started = false;
+		SpinLockAcquire(&s->slot->mutex);
+		state = s->slot->state;
+		SpinLockRelease(&s->slot->mutex);
+		if (state != JOBQ_FAILED)
+			service_slot_set(s->slot, JOBQ_STOPPED, false);
+	}
+}
+
+/*
+ * Starts every service, all or nothing, retrying after 1, 2, 4 and 8 s.
+ * Returns false if they could not all be started; then all are stopped.
+ */
+static bool
+start_services(void)
+{
+	static bool ever_started[JOBQ_NUM_SERVICES];
+
+	for (int attempt = 1; attempt <= START_ATTEMPTS; attempt++)
+	{
+		ServiceRun *failed = NULL;
+		int			delay = jobq_restart_backoff_ms(attempt);
+
+		for (int i = 0; i < JOBQ_NUM_SERVICES && failed == NULL; i++)
+		{
+			ServiceRun *s = &services[i];
+
+			service_slot_set(s->slot, JOBQ_STARTING, !ever_started[i]);
+			ever_started[i] = true;
+			if (in_transaction(s->slot, "jobq leader: starting a service", start_one, s))
+				s->started = true;
+			else
+				failed = s;
+		}
+		if (failed == NULL)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
+			{
+				services[i].failures = 0;
+				services[i].next_run = now;
+				service_slot_set(services[i].slot, JOBQ_RUNNING, true);
+			}
+			return true;
+		}
+
+		/* matching stops for what did start, then back off */
+		stop_services();
+		service_slot_set(failed->slot,
+						 attempt == START_ATTEMPTS ? JOBQ_FAILED : JOBQ_BACKOFF, false);
+		if (attempt == START_ATTEMPTS)
+		{
+			ereport(LOG,
+					(errmsg("jobq leader of database \"%s\" could not start its %s after %d attempts",
+							my_database(), jobq_service_name(failed->def->kind), attempt)));
+			return false;
+		}
+		ereport(LOG,
+				(errmsg("jobq leader of database \"%s\" could not start its %s (attempt %d of %d); retrying in %d ms",
+						my_database(), jobq_service_name(failed->def->kind),
+						attempt, START_ATTEMPTS, delay)));
+		jobq_process_wait(delay);
+		jobq_process_handle_interrupts();
+	}
+	return false;
+}
+
+static void
+run_one(ServiceRun *s)
+{
+	long		next_ms = s->def->run(me->db_index);
+
+	s->next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(next_ms, 0));
+}
+
+/* Runs the due services; false if one failed too often (leader resigns). */
+static bool
+run_due_services(void)
+{
+	for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
+	{
+		ServiceRun *s = &services[i];
+		const char *name = jobq_service_name(s->def->kind);
+		char		activity[64];
+
+		if (GetCurrentTimestamp() < s->next_run)
+			continue;
+
+		snprintf(activity, sizeof(activity), "jobq leader: %s", name);
+		if (in_transaction(s->slot, activity, run_one, s))
+		{
+			if (s->failures > 0)
+				ereport(LOG,
+						(errmsg("jobq %s of database \"%s\" is running again",
+								name, my_database())));
+			s->failures = 0;
+			jobq_component_set_state(s->slot, JOBQ_RUNNING);
+			continue;
+		}
+
+		s->failures++;
+		if (s->failures >= SERVICE_MAX_FAILURES)
+		{
+			jobq_component_set_state(s->slot, JOBQ_FAILED);
+			ereport(LOG,
+					(errmsg("jobq %s of database \"%s\" failed %d times in a row",
+							name, my_database(), s->failures)));
+			return false;
+		}
+		jobq_component_set_state(s->slot, JOBQ_BACKOFF);
+		s->next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  jobq_restart_backoff_ms(s->failures));
+	}
+	return true;
+}
+
+static long
+ms_until_next_service(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		result = jobq_poll_interval_ms;
+
+	for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
+	{
+		long		secs;
+		int			usecs;
+
+		if (services[i].next_run <= now)
+			return 0;
+		TimestampDifference(now, services[i].next_run, &secs, &usecs);
+		result = Min(result, secs * 1000 + usecs / 1000 + 1);
+	}
+	return result;
+}
+
+/* Woken: new scheduled jobs, schedules, or a worker exit to look at. */
+static void
+note_wake_up(void)
+{
+	uint32		lost = pg_atomic_read_u32(&JobqShared->databases[me->db_index].lost_workers);
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (services[JOBQ_SCHEDULER].failures == 0)
+		services[JOBQ_SCHEDULER].next_run = now;
+	if (services[JOBQ_PERIODIC].failures == 0)
+		services[JOBQ_PERIODIC].next_run = now;
+	if (lost != seen_lost_workers && services[JOBQ_RESCUER].failures == 0)
+	{
+		seen_lost_workers = lost;
+		services[JOBQ_RESCUER].next_run = now;
+	}
+}
+
+static void
+resign(const char *why)
+{
+	stop_services();
+	release_leader_lock();
+	set_leader(false);
+	jobq_wake_database(me->db_index);	/* another candidate may take over */
+	ereport(LOG,
+			(errmsg("jobq leader of database \"%s\" resigned: %s; standing aside for %d ms",
+					my_database(), why, jobq_leader_cooldown_ms)));
+}
+
+/* Leads until resigning; returns the time until it may compete again. */
+static long
+lead(void)
+{
+	ereport(LOG,
+			(errmsg("jobq candidate %d is now the leader of database \"%s\"",
+					me->number, my_database())));
+	set_leader(true);
+	seen_lost_workers = pg_atomic_read_u32(&JobqShared->databases[me->db_index].lost_workers);
+
+	if (!start_services())
+	{
+		resign("its services could not start");
+		return jobq_leader_cooldown_ms;
+	}
+
+	for (;;)
+	{
+		jobq_process_handle_interrupts();
+		jobq_process_exit_if_extension_gone(me);
+		if (!holds_leader_lock())
+		{
+			stop_services();
+			set_leader(false);
+			ereport(LOG,
+					(errmsg("jobq leader of database \"%s\" lost its lock", my_database())));
+			return 0;
+		}
+		if (!run_due_services())
+		{
+			resign("a service kept failing");
+			return jobq_leader_cooldown_ms;
+		}
+		jobq_component_heartbeat(me);
+		jobq_process_wait(ms_until_next_service());
+		note_wake_up();
+	}
+}
+
+static void
+candidate_exit(int code, Datum arg)
+{
+	if (!leading)
+		return;
+	for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
+		service_slot_set(services[i].slot, JOBQ_STOPPED, false);
+	set_leader(false);
+}
+
+void
+jobq_candidate_main(Datum main_arg)
+{
+	TimestampTz may_compete_at = 0;
+
+	me = jobq_process_start(main_arg, "jobq candidate");
+	leader_cxt = AllocSetContextCreate(TopMemoryContext, "jobq leader", ALLOCSET_DEFAULT_SIZES);
+	for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
+	{
+		services[i].def = service_defs[i];
+		services[i].slot = jobq_component(me->db_index, JOBQ_SERVICE, i);
+	}
+	before_shmem_exit(candidate_exit, (Datum) 0);
+	jobq_component_set_state(me, JOBQ_RUNNING);
+
+	for (;;)
+	{
+		jobq_process_handle_interrupts();
+		jobq_process_exit_if_extension_gone(me);
+
+		if (GetCurrentTimestamp() >= may_compete_at && try_leader_lock())
+		{
+			long		cooldown = lead();
+
+			may_compete_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), cooldown);
+			MemoryContextReset(leader_cxt);
+			continue;
+		}
+		jobq_component_heartbeat(me);
+		jobq_process_wait(LEADER_TRY_INTERVAL_MS);
+	}
+}

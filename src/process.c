@@ -1,0 +1,202 @@
+/*-------------------------------------------------------------------------
+ *
+ * process.c
+ *	  What every per-database jobq process (worker, candidate) does: start
+ *	  up in its shared-memory slot, connect, make sure the extension is
+ *	  there, react to signals, and open and close transactions.
+ *
+ * The launcher passes the slot number as bgw_main_arg and the database OID
+ * in bgw_extra.  A process finding the extension absent marks its database
+ * so, and leaves with exit code 0; the launcher then stops the rest.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "jobq.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/snapmgr.h"
+#include "utils/timeout.h"
+#include "commands/dbcommands.h"
+
+JobqComponent *
+jobq_process_start(Datum main_arg, const char *app_name)
+{
+	JobqComponent *me = jobq_component_by_slot(DatumGetInt32(main_arg));
+	Oid			dboid;
+	bool		present;
+
+	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* before connecting: see jobq_component_attach */
+	jobq_component_attach(me);
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname(app_name);
+
+	StartTransactionCommand();
+	present = jobq_extension_present();
+	CommitTransactionCommand();
+
+	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+	JobqShared->databases[me->db_index].state = present ? JOBQ_DB_ACTIVE : JOBQ_DB_ABSENT;
+	LWLockRelease(JobqShared->lock);
+	jobq_wake_launcher();
+
+	if (!present)
+		proc_exit(0);
+	return me;
+}
+
+bool
+jobq_extension_present(void)
+{
+	return OidIsValid(get_extension_oid("jobq", true));
+}
+
+/*
+ * Leaves (exit code 0, no restart) if DROP EXTENSION removed jobq.  Called
+ * at the top of each cycle, outside any transaction.
+ */
+void
+jobq_process_exit_if_extension_gone(JobqComponent *me)
+{
+	bool		present;
+
+	StartTransactionCommand();
+	present = jobq_extension_present();
+	CommitTransactionCommand();
+	if (present)
+		return;
+
+	ereport(LOG,
+			(errmsg("jobq %s leaving database \"%s\": the extension was dropped",
+					me->kind == JOBQ_WORKER ? "worker" : "candidate",
+					get_database_name(MyDatabaseId) ? get_database_name(MyDatabaseId) : "?")));
+	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+	JobqShared->databases[me->db_index].state = JOBQ_DB_ABSENT;
+	LWLockRelease(JobqShared->lock);
+	jobq_wake_launcher();
+	proc_exit(0);
+}
+
+/* Interrupts and a pending reload, between cycles. */
+void
+jobq_process_handle_interrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/*
+ * The transaction bracket of every jobq process: our own SQL runs through
+ * SPI, which takes a fresh snapshot per statement (READ COMMITTED).
+ */
+void
+jobq_xact_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+void
+jobq_xact_end(void)
+{
+	SPI_finish();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Recovers from an ERROR that escaped a cycle: report it, undo the
+ * transaction, and keep the message for jobq.components.  The caller then
+ * backs off before trying again.
+ */
+void
+jobq_process_recover(JobqComponent *me, MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	HOLD_INTERRUPTS();
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	jobq_component_error(me, edata->message);
+	FreeErrorData(edata);
+	RESUME_INTERRUPTS();
+}
+
+/* Sleeps on the latch for at most timeout_ms, then clears it. */
+void
+jobq_process_wait(long timeout_ms)
+{
+	(void) WaitLatch(MyLatch,
+					 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 Max(timeout_ms, 0),
+					 PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+/*
+ * Prepares and keeps a plan, parsed with only pg_catalog on the search
+ * path: our SQL schema-qualifies jobq objects, and no setting of
+ * search_path can redirect its operators or functions.
+ */
+SPIPlanPtr
+jobq_prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	OverrideSearchPath *path = GetOverrideSearchPath(CurrentMemoryContext);
+	SPIPlanPtr	plan;
+
+	path->schemas = NIL;
+	path->addCatalog = true;
+	path->addTemp = false;
+	PushOverrideSearchPath(path);
+	PG_TRY();
+	{
+		plan = SPI_prepare(sql, nargs, argtypes);
+	}
+	PG_FINALLY();
+	{
+		PopOverrideSearchPath();
+	}
+	PG_END_TRY();
+	if (plan == NULL)
+		elog(ERROR, "could not prepare jobq query: %s", SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not keep jobq query plan");
+	return plan;
+}
+
+void
+jobq_free_plan(SPIPlanPtr *plan)
+{
+	if (*plan != NULL)
+		SPI_freeplan(*plan);
+	*plan = NULL;
+}

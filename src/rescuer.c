@@ -1,0 +1,151 @@
+/*-------------------------------------------------------------------------
+ *
+ * rescuer.c
+ *	  Leader service: gives back the running jobs of workers that are gone.
+ *
+ * A running job's attempted_by is the incarnation of the worker that
+ * claimed it; every live worker's incarnation is in shared memory.  A
+ * running job whose incarnation is not live lost its worker (killed,
+ * crashed, server restart, failover to a standby) and becomes retryable,
+ * or discarded when it has no attempts left, with an error entry marked
+ * "lost".  The launcher wakes the leader the moment a worker exits, so a
+ * rescue follows within one leader cycle; jobq.rescue_interval is only a
+ * safety net.
+ *
+ * Ordering is what makes this exact: the running jobs are read first, and
+ * the live incarnations after that.  A job seen running was claimed before
+ * our read, by a worker that published its incarnation before claiming; if
+ * that incarnation is not live after our read, the worker has exited.  So
+ * a live worker's job is never taken, however long its handler runs.  The
+ * update re-checks state and incarnation, in case the job moved on.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "jobq.h"
+
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+static SPIPlanPtr running_plan;
+static SPIPlanPtr rescue_plan;
+
+static const char *RUNNING_SQL =
+"SELECT id, attempted_by FROM jobq.jobs WHERE state = 'running'";
+
+static const char *RESCUE_SQL =
+"UPDATE jobq.jobs j"
+"   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
+"                    ELSE 'retryable' END::jobq.job_state,"
+"       scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at"
+"                           ELSE now() + jobq._backoff(j.attempt,"
+"                                (SELECT h.backoff_max FROM jobq.handlers h"
+"                                  WHERE h.kind = j.kind)) END,"
+"       finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,"
+"       errors = j.errors || jsonb_build_array(jsonb_build_object("
+"           'attempt', j.attempt, 'at', now(),"
+"           'message', 'worker lost: the process running this job exited before the job ended',"
+"           'lost', true))"
+"  FROM unnest($1::int8[], $2::int8[]) AS lost(id, attempted_by)"
+" WHERE j.id = lost.id AND j.state = 'running'"
+"   AND j.attempted_by IS NOT DISTINCT FROM lost.attempted_by"
+" RETURNING j.state = 'discarded'";
+
+static void
+rescuer_start(void)
+{
+	Oid			types[2] = {INT8ARRAYOID, INT8ARRAYOID};
+
+	running_plan = jobq_prepare(RUNNING_SQL, 0, NULL);
+	rescue_plan = jobq_prepare(RESCUE_SQL, 2, types);
+}
+
+static void
+rescuer_stop(void)
+{
+	jobq_free_plan(&running_plan);
+	jobq_free_plan(&rescue_plan);
+}
+
+static bool
+is_live(uint64 incarnation, const uint64 *live, int nlive)
+{
+	for (int i = 0; i < nlive; i++)
+		if (live[i] == incarnation)
+			return true;
+	return false;
+}
+
+static long
+rescuer_run(int db_index)
+{
+	uint64	   *live = palloc(sizeof(uint64) * max_worker_processes);
+	int			nlive;
+	Datum	   *ids;
+	Datum	   *owners;
+	bool	   *owner_nulls;
+	int			nlost = 0;
+	int			ndiscarded = 0;
+	uint64		nrunning;
+	Datum		values[2];
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	if (SPI_execute_plan(running_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list running jobs");
+	/* only now: see the header comment */
+	nlive = jobq_live_incarnations(db_index, live);
+
+	nrunning = SPI_processed;
+	ids = palloc(sizeof(Datum) * Max(nrunning, 1));
+	owners = palloc(sizeof(Datum) * Max(nrunning, 1));
+	owner_nulls = palloc(sizeof(bool) * Max(nrunning, 1));
+	for (uint64 i = 0; i < nrunning; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		Datum		id = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		by = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+
+		if (!isnull && is_live((uint64) DatumGetInt64(by), live, nlive))
+			continue;
+		ids[nlost] = id;
+		owners[nlost] = by;
+		owner_nulls[nlost] = isnull;
+		nlost++;
+	}
+	if (nlost == 0)
+		return jobq_rescue_interval_ms;
+
+	dims[0] = nlost;
+	values[0] = PointerGetDatum(construct_array(ids, nlost, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_md_array(owners, owner_nulls, 1, dims, lbs,
+												   INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(rescue_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not rescue jobs of lost workers");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)))
+			ndiscarded++;
+	}
+	if (SPI_processed > 0)
+	{
+		ereport(LOG,
+				(errmsg("jobq rescuer of database \"%s\" gave back %d jobs of lost workers (%d discarded: no attempts left)",
+						get_database_name(MyDatabaseId), (int) SPI_processed, ndiscarded)));
+		/* the scheduler picks up the retryable ones when due */
+		jobq_at_commit_wake_leader();
+		if (ndiscarded > 0)
+			jobq_at_commit_jobs_finished();
+	}
+	return jobq_rescue_interval_ms;
+}
+
+const JobqServiceDef jobq_rescuer_service = {
+	JOBQ_RESCUER, rescuer_start, rescuer_stop, rescuer_run
+};

@@ -1,0 +1,848 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The worker: claims jobs and runs their handlers, in batches.
+ *
+ * One cycle:
+ *	1. Claim.  In its own transaction, take up to N available jobs per queue
+ *	   with FOR UPDATE SKIP LOCKED, mark them running with attempt + 1 and
+ *	   our incarnation, and COMMIT before any handler runs.  Committing the
+ *	   attempt first is what makes a job that kills its worker finite.  N
+ *	   adapts to the jobs: as many as fit in jobq.batch_time at the recent
+ *	   mean duration, at most jobq.batch_size, at least 1.  A queue with a
+ *	   concurrency limit is claimed under a lock on its jobq.queues row, after
+ *	   counting its running jobs, so the limit holds across workers.
+ *	2. Run.  The claimed jobs run in as few transactions as jobq.batch_size
+ *	   and jobq.batch_time allow, one subtransaction per job.  A job's
+ *	   handler runs as the job's owner (a security-restricted operation, so
+ *	   it can neither change role nor leave temporary objects behind for the
+ *	   next job) under the kind's timeout; on success the job is marked
+ *	   completed inside its subtransaction, so its effects and its completion
+ *	   commit together.  On error the subtransaction is rolled back and the
+ *	   failure recorded in the enclosing transaction.  Procedure handlers and
+ *	   jobs whose previous worker died in the middle of a batch run in a
+ *	   transaction of their own, last, so that a job that kills its worker
+ *	   costs its neighbours at most the one attempt.
+ *	3. Idle.  With nothing to claim, sleep on the latch; a transaction that
+ *	   makes jobs available sets it at commit (commit.c).  The state is set
+ *	   to idle before claiming, so a commit after our claim's snapshot finds
+ *	   us idle and wakes us: no wake-up is lost between look and sleep.
+ *
+ * Memory: worker_cxt lives as long as the process (caches, prepared plans
+ * are in CacheMemoryContext); batch_cxt holds the claimed jobs and is reset
+ * every cycle; job_cxt holds one job's data and is reset after each job.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "jobq.h"
+
+#include "access/xact.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+#define KIND_KEY_LEN 129		/* jobq.handlers.kind is at most 128 bytes */
+
+/* A registered kind as the worker needs it; the handler is resolved lazily. */
+typedef struct KindEntry
+{
+	char		kind[KIND_KEY_LEN]; /* hash key */
+	Oid			handler;
+	int64		timeout_ms;
+	int64		backoff_max_ms; /* -1: no cap */
+	bool		is_procedure;
+	bool		resolved;
+	Oid			rettype;
+	FmgrInfo	flinfo;			/* functions */
+	FmgrInfo	to_jsonb;		/* result conversion, unless jsonb or void */
+	SPIPlanPtr	call_plan;		/* procedures: CALL handler($1) */
+	Oid			checked_owner;	/* last owner found allowed to execute it */
+} KindEntry;
+
+typedef struct QueueEntry
+{
+	char	   *name;
+	bool		paused;
+	bool		limited;
+} QueueEntry;
+
+typedef struct ClaimedJob
+{
+	int64		id;
+	char	   *kind;
+	Datum		args;
+	Oid			owner;
+	int32		attempt;
+	int32		max_attempts;
+	bool		survivor;		/* its previous worker died in a batch */
+	bool		alone;			/* runs in a transaction of its own */
+} ClaimedJob;
+
+/* What one transaction did, applied to counters and wake-ups at commit. */
+typedef struct BatchOutcome
+{
+	int			done;
+	int			failed;
+	int			made_available;
+	bool		made_retryable;
+	bool		finished;
+} BatchOutcome;
+
+int64		jobq_current_job_id = 0;
+
+static JobqComponent *me;
+static uint64 my_incarnation;
+static MemoryContext worker_cxt;
+static MemoryContext batch_cxt;
+static MemoryContext job_cxt;
+static MemoryContext kinds_cxt;
+static HTAB *kinds = NULL;
+static QueueEntry *queues = NULL;
+static int	nqueues = 0;
+static uint64 cached_generation = 0;
+static uint32 queue_rotor = 0;
+static double mean_job_ms;		/* moving mean of handler durations */
+
+static ConstraintsSetStmt *all_constraints_immediate;
+
+static SPIPlanPtr claim_plan;
+static SPIPlanPtr complete_plan;
+static SPIPlanPtr fail_plan;
+static SPIPlanPtr lock_queue_plan;
+static SPIPlanPtr count_running_plan;
+static SPIPlanPtr load_kinds_plan;
+static SPIPlanPtr load_queues_plan;
+
+static const char *CLAIM_SQL =
+"WITH picked AS MATERIALIZED ("
+"    SELECT id FROM jobq.jobs"
+"     WHERE state = 'available' AND queue = $2"
+"     ORDER BY priority, scheduled_at, id"
+"     LIMIT $3"
+"     FOR UPDATE SKIP LOCKED),"
+" claimed AS ("
+"    UPDATE jobq.jobs j"
+"       SET state = 'running', attempt = j.attempt + 1,"
+"           attempted_at = now(), attempted_by = $1"
+"      FROM picked"
+"     WHERE j.id = picked.id"
+"    RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts,"
+"              j.priority, j.scheduled_at,"
+"              coalesce((j.errors -> -1 ->> 'lost')::boolean, false) AS survivor)"
+" SELECT id, kind, args, owner::oid, attempt, max_attempts, survivor"
+"   FROM claimed ORDER BY priority, scheduled_at, id";
+
+static const char *COMPLETE_SQL =
+"UPDATE jobq.jobs"
+"   SET state = 'completed', finalized_at = clock_timestamp(), result = $3"
+" WHERE id = $1 AND state = 'running' AND attempted_by = $2";
+
+static const char *FAIL_SQL =
+"UPDATE jobq.jobs"
+"   SET state = CASE WHEN attempt >= max_attempts THEN 'discarded'"
+"                    WHEN $3 = 0 THEN 'available'"
+"                    ELSE 'retryable' END::jobq.job_state,"
+"       scheduled_at = CASE WHEN attempt >= max_attempts THEN scheduled_at"
+"                           ELSE clock_timestamp() + $3 * interval '1 millisecond' END,"
+"       finalized_at = CASE WHEN attempt >= max_attempts THEN clock_timestamp() END,"
+"       errors = errors || jsonb_build_array(jsonb_build_object("
+"           'attempt', attempt, 'at', clock_timestamp(), 'message', $4::text,"
+"           'sqlstate', $5::text, 'detail', $6::text, 'hint', $7::text,"
+"           'context', $8::text))"
+" WHERE id = $1 AND state = 'running' AND attempted_by = $2"
+" RETURNING state::text";
+
+/* Serialises claimers of a limited queue; no row: paused or gone. */
+static const char *LOCK_QUEUE_SQL =
+"SELECT concurrency FROM jobq.queues WHERE name = $1 AND NOT paused FOR UPDATE";
+
+static const char *COUNT_RUNNING_SQL =
+"SELECT count(*) FROM jobq.jobs WHERE state = 'running' AND queue = $1";
+
+static const char *LOAD_KINDS_SQL =
+"SELECT h.kind, h.handler::oid,"
+"       (extract(epoch FROM h.timeout) * 1000)::int8,"
+"       (extract(epoch FROM h.backoff_max) * 1000)::int8,"
+"       coalesce(p.prokind = 'p', false)"
+"  FROM jobq.handlers h LEFT JOIN pg_proc p ON p.oid = h.handler";
+
+static const char *LOAD_QUEUES_SQL =
+"SELECT name, paused, concurrency IS NOT NULL FROM jobq.queues ORDER BY name";
+
+static void
+prepare_plans(void)
+{
+	Oid			claim_types[3] = {INT8OID, TEXTOID, INT8OID};
+	Oid			complete_types[3] = {INT8OID, INT8OID, JSONBOID};
+	Oid			fail_types[8] = {INT8OID, INT8OID, FLOAT8OID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Oid			queue_types[1] = {TEXTOID};
+
+	if (claim_plan != NULL)
+		return;
+	claim_plan = jobq_prepare(CLAIM_SQL, 3, claim_types);
+	complete_plan = jobq_prepare(COMPLETE_SQL, 3, complete_types);
+	fail_plan = jobq_prepare(FAIL_SQL, 8, fail_types);
+	lock_queue_plan = jobq_prepare(LOCK_QUEUE_SQL, 1, queue_types);
+	count_running_plan = jobq_prepare(COUNT_RUNNING_SQL, 1, queue_types);
+	load_kinds_plan = jobq_prepare(LOAD_KINDS_SQL, 0, NULL);
+	load_queues_plan = jobq_prepare(LOAD_QUEUES_SQL, 0, NULL);
+}
+
+/*
+ * A changed function, role or membership may change what a cached handler
+ * resolves to or who may run it: reload everything before the next claim.
+ */
+static void
+invalidate_caches(Datum arg, int cacheid, uint32 hashvalue)
+{
+	cached_generation = 0;
+}
+
+static void
+load_kinds(void)
+{
+	HASHCTL		ctl;
+
+	MemoryContextReset(kinds_cxt);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = KIND_KEY_LEN;
+	ctl.entrysize = sizeof(KindEntry);
+	ctl.hcxt = kinds_cxt;
+	kinds = hash_create("jobq kinds", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	if (SPI_execute_plan(load_kinds_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not load jobq handlers");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *kind = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+		KindEntry  *k;
+		Datum		backoff;
+
+		if (strlen(kind) >= KIND_KEY_LEN)
+			continue;			/* cannot happen: a CHECK bounds the length */
+		k = hash_search(kinds, kind, HASH_ENTER, NULL);
+		k->handler = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		k->timeout_ms = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		backoff = SPI_getbinval(tup, desc, 4, &isnull);
+		k->backoff_max_ms = isnull ? -1 : DatumGetInt64(backoff);
+		k->is_procedure = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		k->resolved = false;
+		k->call_plan = NULL;
+		k->checked_owner = InvalidOid;
+	}
+}
+
+static void
+load_queues(void)
+{
+	MemoryContext old;
+
+	if (SPI_execute_plan(load_queues_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not load jobq queues");
+	old = MemoryContextSwitchTo(kinds_cxt);
+	nqueues = (int) SPI_processed;
+	queues = palloc0(sizeof(QueueEntry) * Max(nqueues, 1));
+	for (int i = 0; i < nqueues; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		queues[i].name = SPI_getvalue(tup, desc, 1);
+		queues[i].paused = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		queues[i].limited = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Reloads kinds and queues when jobq.handlers or jobq.queues changed. */
+static void
+refresh_caches(void)
+{
+	uint64		generation = pg_atomic_read_u64(&JobqShared->config_generation);
+
+	if (generation == cached_generation)
+		return;
+	/* read first: a change committing meanwhile bumps it again */
+	cached_generation = generation;
+	if (kinds != NULL)
+	{
+		HASH_SEQ_STATUS seq;
+		KindEntry  *k;
+
+		hash_seq_init(&seq, kinds);
+		while ((k = hash_seq_search(&seq)) != NULL)
+			if (k->call_plan != NULL)
+				SPI_freeplan(k->call_plan);
+	}
+	load_kinds();
+	load_queues();
+}
+
+/* Resolves a kind's handler: function or procedure, result conversion. */
+static void
+resolve_handler(KindEntry *k)
+{
+	HeapTuple	tp;
+	Form_pg_proc proc;
+	char	   *nspname;
+	char	   *proname;
+
+	tp = SearchSysCache1(PROCOID, ObjectIdGetDatum(k->handler));
+	if (!HeapTupleIsValid(tp))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("the handler of job kind \"%s\" no longer exists", k->kind),
+				 errhint("Register the kind again with jobq.register().")));
+	proc = (Form_pg_proc) GETSTRUCT(tp);
+	k->is_procedure = proc->prokind == PROKIND_PROCEDURE;
+	k->rettype = proc->prorettype;
+	nspname = get_namespace_name(proc->pronamespace);
+	proname = pstrdup(NameStr(proc->proname));
+	ReleaseSysCache(tp);
+
+	if (k->is_procedure)
+	{
+		Oid			argtypes[1] = {JSONBOID};
+		char	   *sql = psprintf("CALL %s($1)",
+								   quote_qualified_identifier(nspname, proname));
+
+		k->call_plan = jobq_prepare(sql, 1, argtypes);
+	}
+	else
+	{
+		fmgr_info_cxt(k->handler, &k->flinfo, kinds_cxt);
+		if (k->rettype != JSONBOID && k->rettype != VOIDOID)
+		{
+			MemoryContext old = MemoryContextSwitchTo(kinds_cxt);
+			Node	   *call = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+													 list_make1(makeNullConst(k->rettype, -1, InvalidOid)),
+													 InvalidOid, InvalidOid,
+													 COERCE_EXPLICIT_CALL);
+
+			fmgr_info_cxt(F_TO_JSONB, &k->to_jsonb, kinds_cxt);
+			fmgr_info_set_expr(call, &k->to_jsonb);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	k->resolved = true;
+}
+
+static KindEntry *
+kind_entry(const char *kind)
+{
+	if (kinds == NULL || strlen(kind) >= KIND_KEY_LEN)
+		return NULL;
+	return hash_search(kinds, kind, HASH_FIND, NULL);
+}
+
+/* The owner must still exist and may execute the handler; cached per kind. */
+static void
+check_owner(KindEntry *k, Oid owner)
+{
+	AclResult	aclresult;
+
+	if (k->checked_owner == owner)
+		return;
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(owner)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the role that enqueued this job no longer exists")));
+	aclresult = pg_proc_aclcheck(k->handler, owner, ACL_EXECUTE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(k->handler));
+	k->checked_owner = owner;
+}
+
+/*
+ * Claims up to capacity jobs from one queue into jobs[]; returns how many.
+ * For a limited queue, the queue row lock and the count of its running jobs
+ * come first, each statement with a fresh snapshot.
+ */
+static int
+claim_from_queue(QueueEntry *q, int capacity, ClaimedJob *jobs)
+{
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	int64		limit = capacity;
+	int			n = 0;
+	MemoryContext old;
+
+	values[0] = Int64GetDatum((int64) my_incarnation);
+	values[1] = CStringGetTextDatum(q->name);
+
+	if (q->limited)
+	{
+		bool		isnull;
+		Datum		concurrency;
+
+		if (SPI_execute_plan(lock_queue_plan, &values[1], NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not lock jobq queue \"%s\"", q->name);
+		if (SPI_processed == 0)
+			return 0;
+		concurrency = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+		{
+			int64		running;
+
+			if (SPI_execute_plan(count_running_plan, &values[1], NULL, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not count running jobs of queue \"%s\"", q->name);
+			running = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 1, &isnull));
+			limit = Min(limit, DatumGetInt32(concurrency) - running);
+			if (limit <= 0)
+				return 0;
+		}
+	}
+
+	values[2] = Int64GetDatum(limit);
+	if (SPI_execute_plan(claim_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not claim jobs of queue \"%s\"", q->name);
+
+	old = MemoryContextSwitchTo(batch_cxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		ClaimedJob *job = &jobs[n++];
+		bool		isnull;
+
+		job->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		job->kind = SPI_getvalue(tup, desc, 2);
+		job->args = datumCopy(SPI_getbinval(tup, desc, 3, &isnull), false, -1);
+		job->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		job->survivor = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	}
+	MemoryContextSwitchTo(old);
+	return n;
+}
+
+/* How many jobs fit in one batch at the recent mean job duration. */
+static int
+claim_capacity(void)
+{
+	double		fit = jobq_batch_time_ms / Max(mean_job_ms, 0.001);
+
+	if (fit < 1.0)
+		return 1;
+	return (int) Min(fit, (double) jobq_batch_size);
+}
+
+/*
+ * Claims a batch across the queues, starting at a rotating queue; commits
+ * the claim.  Jobs that must run alone are moved to the end.  Leaves the
+ * process if the extension is gone.
+ */
+static int
+claim_jobs(ClaimedJob **jobs_out)
+{
+	int			capacity = claim_capacity();
+	ClaimedJob *jobs = MemoryContextAllocZero(batch_cxt, sizeof(ClaimedJob) * capacity);
+	ClaimedJob *ordered;
+	int			n = 0;
+	int			first = 0;
+	int			start;
+
+	jobq_xact_begin("jobq worker: claiming jobs");
+	if (!jobq_extension_present())
+	{
+		jobq_xact_end();
+		jobq_process_exit_if_extension_gone(me);
+	}
+	prepare_plans();
+	refresh_caches();
+
+	start = nqueues > 0 ? (int) (queue_rotor++ % (uint32) nqueues) : 0;
+	for (int i = 0; i < nqueues && n < capacity; i++)
+	{
+		QueueEntry *q = &queues[(start + i) % nqueues];
+
+		if (!q->paused)
+			n += claim_from_queue(q, capacity - n, jobs + n);
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		KindEntry  *k = kind_entry(jobs[i].kind);
+
+		jobs[i].alone = jobs[i].survivor || (k != NULL && k->is_procedure);
+	}
+	jobq_xact_end();
+
+	ordered = MemoryContextAlloc(batch_cxt, sizeof(ClaimedJob) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		if (!jobs[i].alone)
+			ordered[first++] = jobs[i];
+	for (int i = 0; i < n; i++)
+		if (jobs[i].alone)
+			ordered[first++] = jobs[i];
+	*jobs_out = ordered;
+	return n;
+}
+
+/* Calls the handler as the job's owner; returns the result as jsonb. */
+static Datum
+call_handler(KindEntry *k, ClaimedJob *job, bool *result_isnull)
+{
+	Datum		result = (Datum) 0;
+	bool		isnull = true;
+
+	if (k->is_procedure)
+	{
+		char		nulls[1] = {' '};
+
+		if (SPI_execute_plan(k->call_plan, &job->args, nulls, false, 0) < 0)
+			elog(ERROR, "could not call the handler of job kind \"%s\"", k->kind);
+	}
+	else
+	{
+		LOCAL_FCINFO(fcinfo, 1);
+
+		InitFunctionCallInfoData(*fcinfo, &k->flinfo, 1, InvalidOid, NULL, NULL);
+		fcinfo->args[0].value = job->args;
+		fcinfo->args[0].isnull = false;
+		PushActiveSnapshot(GetTransactionSnapshot());
+		result = FunctionCallInvoke(fcinfo);
+		isnull = fcinfo->isnull;
+		PopActiveSnapshot();
+
+		if (k->rettype == VOIDOID)
+			isnull = true;
+		else if (!isnull && k->rettype != JSONBOID)
+			result = FunctionCall1(&k->to_jsonb, result);
+	}
+	*result_isnull = isnull;
+	return result;
+}
+
+static void
+record_failure(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *outcome)
+{
+	Datum		values[8];
+	char		nulls[8];
+	int64		delay_ms = jobq_retry_backoff_ms(job->attempt, k ? k->backoff_max_ms : -1);
+	const char *texts[5];
+	char	   *state;
+
+	texts[0] = edata->message;
+	texts[1] = unpack_sql_state(edata->sqlerrcode);
+	texts[2] = edata->detail;
+	texts[3] = edata->hint;
+	texts[4] = edata->context;
+
+	values[0] = Int64GetDatum(job->id);
+	values[1] = Int64GetDatum((int64) my_incarnation);
+	values[2] = Float8GetDatum((double) delay_ms);
+	nulls[0] = nulls[1] = nulls[2] = ' ';
+	for (int i = 0; i < 5; i++)
+	{
+		nulls[3 + i] = texts[i] ? ' ' : 'n';
+		values[3 + i] = texts[i] ? CStringGetTextDatum(texts[i]) : (Datum) 0;
+	}
+
+	if (SPI_execute_plan(fail_plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not record the failure of job " INT64_FORMAT, job->id);
+	if (SPI_processed == 0)
+		return;					/* cancelled meanwhile */
+
+	outcome->failed++;
+	state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (strcmp(state, "discarded") == 0)
+	{
+		outcome->finished = true;
+		ereport(LOG,
+				(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" discarded after %d attempts: %s",
+						job->id, job->kind, job->attempt, edata->message)));
+	}
+	else if (strcmp(state, "available") == 0)
+		outcome->made_available++;
+	else
+		outcome->made_retryable = true;
+
+	if (jobq_log_jobs)
+		ereport(LOG,
+				(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" failed (attempt %d of %d): %s",
+						job->id, job->kind, job->attempt, job->max_attempts, edata->message)));
+}
+
+/*
+ * Runs one job in a subtransaction of the current transaction and records
+ * its outcome there.  Never lets a handler's ERROR escape.
+ */
+static void
+run_job(ClaimedJob *job, BatchOutcome *outcome)
+{
+	ResourceOwner oldowner = CurrentResourceOwner;
+	KindEntry  *k = kind_entry(job->kind);
+	Oid			save_userid;
+	int			save_sec_context;
+	TimestampTz started = GetCurrentTimestamp();
+	bool		timeout_armed = false;
+	static char activity[128 + KIND_KEY_LEN];
+
+	MemoryContextSwitchTo(job_cxt);
+	snprintf(activity, sizeof(activity), "jobq job " INT64_FORMAT " (%s)", job->id, job->kind);
+	pgstat_report_activity(STATE_RUNNING, activity);
+	jobq_component_set_job(me, job->id);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(job_cxt);
+
+	PG_TRY();
+	{
+		Datum		result;
+		bool		result_isnull;
+		Datum		values[3];
+		char		nulls[3] = {' ', ' ', ' '};
+		int			gucs;
+
+		if (k == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("job kind \"%s\" is not registered", job->kind),
+					 errhint("Register a handler for it with jobq.register().")));
+		if (!k->resolved)
+			resolve_handler(k);
+		check_owner(k, job->owner);
+
+		/*
+		 * Deferred triggers would fire at our COMMIT, as the worker's role:
+		 * make constraints immediate, so that they fire as the owner inside
+		 * the job (the restricted operation below refuses deferred ones).
+		 */
+		AfterTriggerSetState(all_constraints_immediate);
+		gucs = NewGUCNestLevel();
+		SetUserIdAndSecContext(job->owner, save_sec_context |
+							   SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		jobq_current_job_id = job->id;
+		enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(k->timeout_ms, INT_MAX));
+		timeout_armed = true;
+
+		result = call_handler(k, job, &result_isnull);
+
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		timeout_armed = false;
+		jobq_current_job_id = 0;
+		/* leave the session as the job found it, whatever it SET */
+		AtEOXact_GUC(false, gucs);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+
+		values[0] = Int64GetDatum(job->id);
+		values[1] = Int64GetDatum((int64) my_incarnation);
+		values[2] = result;
+		nulls[2] = result_isnull ? 'n' : ' ';
+		if (SPI_execute_plan(complete_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not complete job " INT64_FORMAT, job->id);
+
+		if (SPI_processed == 1)
+		{
+			ReleaseCurrentSubTransaction();
+			outcome->done++;
+			outcome->finished = true;
+			if (jobq_log_jobs)
+				ereport(LOG,
+						(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" completed", job->id, job->kind)));
+		}
+		else
+		{
+			/* cancelled while it ran: its effects go with it */
+			RollbackAndReleaseCurrentSubTransaction();
+			ereport(LOG,
+					(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" was cancelled while running; its effects were rolled back",
+							job->id, job->kind)));
+		}
+		MemoryContextSwitchTo(job_cxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		if (timeout_armed)
+			disable_timeout(STATEMENT_TIMEOUT, false);
+		jobq_current_job_id = 0;
+		MemoryContextSwitchTo(job_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(job_cxt);
+		CurrentResourceOwner = oldowner;
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && k != NULL &&
+			TimestampDifferenceExceeds(started, GetCurrentTimestamp(), (int) Min(k->timeout_ms, INT_MAX)))
+			edata->message = psprintf("job exceeded its timeout of " INT64_FORMAT " ms (%s)",
+									  k->timeout_ms, edata->message);
+		record_failure(job, k, edata, outcome);
+	}
+	PG_END_TRY();
+
+	jobq_component_set_job(me, 0);
+	{
+		long		secs;
+		int			usecs;
+		double		ms;
+
+		TimestampDifference(started, GetCurrentTimestamp(), &secs, &usecs);
+		ms = secs * 1000.0 + usecs / 1000.0;
+		mean_job_ms = 0.8 * mean_job_ms + 0.2 * ms;
+	}
+	MemoryContextReset(job_cxt);
+}
+
+static void
+apply_outcome(BatchOutcome *outcome)
+{
+	if (outcome->made_available > 0)
+		jobq_at_commit_wake_workers(outcome->made_available);
+	if (outcome->made_retryable)
+		jobq_at_commit_wake_leader();
+	if (outcome->finished)
+		jobq_at_commit_jobs_finished();
+}
+
+/* Runs the claimed jobs, committing per batch_size/batch_time or alone job. */
+static void
+run_jobs(ClaimedJob *jobs, int n)
+{
+	int			i = 0;
+
+	while (i < n)
+	{
+		TimestampTz start = GetCurrentTimestamp();
+		BatchOutcome outcome;
+		int			count = 0;
+
+		memset(&outcome, 0, sizeof(outcome));
+		jobq_xact_begin("jobq worker: running jobs");
+		while (i < n)
+		{
+			ClaimedJob *job = &jobs[i];
+
+			if (job->alone && count > 0)
+				break;			/* commit the others before it runs */
+			run_job(job, &outcome);
+			i++;
+			count++;
+			if (job->alone || count >= jobq_batch_size ||
+				TimestampDifferenceExceeds(start, GetCurrentTimestamp(), jobq_batch_time_ms))
+				break;
+			CommandCounterIncrement();	/* the next job sees this one's effects */
+		}
+		apply_outcome(&outcome);
+		jobq_xact_end();
+		jobq_component_count(me, outcome.done, outcome.failed);
+	}
+}
+
+static void
+worker_exit_if_asked(void)
+{
+	bool		stop;
+
+	SpinLockAcquire(&me->mutex);
+	stop = me->stop_requested;
+	SpinLockRelease(&me->mutex);
+	if (!stop)
+		return;
+	ereport(LOG,
+			(errmsg("jobq worker %d leaving database \"%s\": jobq.workers was lowered",
+					me->number, get_database_name(MyDatabaseId))));
+	proc_exit(0);
+}
+
+void
+jobq_worker_main(Datum main_arg)
+{
+	int			failures = 0;
+
+	me = jobq_process_start(main_arg, "jobq worker");
+	SpinLockAcquire(&me->mutex);
+	my_incarnation = me->incarnation;
+	SpinLockRelease(&me->mutex);
+
+	worker_cxt = AllocSetContextCreate(TopMemoryContext, "jobq worker", ALLOCSET_DEFAULT_SIZES);
+	kinds_cxt = AllocSetContextCreate(worker_cxt, "jobq kinds", ALLOCSET_DEFAULT_SIZES);
+	batch_cxt = AllocSetContextCreate(worker_cxt, "jobq batch", ALLOCSET_DEFAULT_SIZES);
+	job_cxt = AllocSetContextCreate(worker_cxt, "jobq job", ALLOCSET_DEFAULT_SIZES);
+	mean_job_ms = jobq_batch_time_ms;
+	all_constraints_immediate = MemoryContextAllocZero(worker_cxt, sizeof(ConstraintsSetStmt));
+	all_constraints_immediate->type = T_ConstraintsSetStmt;
+	all_constraints_immediate->deferred = false;
+
+	CacheRegisterSyscacheCallback(PROCOID, invalidate_caches, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHOID, invalidate_caches, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, invalidate_caches, (Datum) 0);
+
+	ereport(LOG,
+			(errmsg("jobq worker %d started in database \"%s\"",
+					me->number, get_database_name(MyDatabaseId))));
+
+	for (;;)
+	{
+		bool		worked = false;
+
+		jobq_process_handle_interrupts();
+		worker_exit_if_asked();
+
+		/* idle before looking: a commit after our look finds us idle */
+		jobq_component_set_state(me, JOBQ_IDLE);
+
+		PG_TRY();
+		{
+			ClaimedJob *jobs;
+			int			n = claim_jobs(&jobs);
+
+			if (n > 0)
+			{
+				jobq_component_set_state(me, JOBQ_BUSY);
+				run_jobs(jobs, n);
+				worked = true;
+			}
+			failures = 0;
+		}
+		PG_CATCH();
+		{
+			jobq_process_recover(me, worker_cxt);
+			failures++;
+		}
+		PG_END_TRY();
+		MemoryContextReset(batch_cxt);
+
+		if (failures > 0)
+		{
+			jobq_component_set_state(me, JOBQ_BACKOFF);
+			jobq_process_wait(jobq_restart_backoff_ms(failures));
+		}
+		else if (!worked)
+			jobq_process_wait(jobq_poll_interval_ms);
+	}
+}
