@@ -144,6 +144,10 @@ CREATE FUNCTION jobq._jobs_finished_at_commit() RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_jobs_finished_at_commit_sql';
 CREATE FUNCTION jobq._config_changed() RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_config_changed_sql';
+CREATE FUNCTION jobq._backoff(attempt integer, backoff_max interval) RETURNS interval
+	LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_backoff_sql';
+COMMENT ON FUNCTION jobq._backoff(integer, interval) IS
+	'Delay before the next attempt after attempt failed: attempt^4 seconds plus up to 10% jitter, at most backoff_max';
 CREATE FUNCTION jobq._current_job_id() RETURNS bigint
 	LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_current_job_id_sql';
 CREATE FUNCTION jobq._cron_next(cron text, after timestamptz) RETURNS timestamptz

@@ -223,10 +223,12 @@ PGDLLEXPORT void jobq_launcher_main(Datum main_arg) pg_attribute_noreturn();
 /* process.c: what every jobq process does */
 extern JobqComponent *jobq_process_start(Datum main_arg, const char *app_name);
 extern bool jobq_extension_present(void);
+extern const char *jobq_process_database(void);
 extern void jobq_process_exit_if_extension_gone(JobqComponent *me);
 extern void jobq_process_handle_interrupts(void);
 extern void jobq_process_recover(JobqComponent *me, MemoryContext cxt);
 extern void jobq_process_wait(long timeout_ms);
+extern void jobq_process_sleep(long delay_ms);
 extern void jobq_xact_begin(const char *activity);
 extern void jobq_xact_end(void);
 extern struct _SPI_plan *jobq_prepare(const char *sql, int nargs, Oid *argtypes);

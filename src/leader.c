@@ -101,12 +101,6 @@ release_leader_lock(void)
 	LockRelease(&tag, ExclusiveLock, true);
 }
 
-static const char *
-my_database(void)
-{
-	return JobqShared->databases[me->db_index].name;
-}
-
 static void
 set_leader(bool on)
 {
@@ -245,15 +239,14 @@ start_services(void)
 		{
 			ereport(LOG,
 					(errmsg("jobq leader of database \"%s\" could not start its %s after %d attempts",
-							my_database(), jobq_service_name(failed->def->kind), attempt)));
+							jobq_process_database(), jobq_service_name(failed->def->kind), attempt)));
 			return false;
 		}
 		ereport(LOG,
 				(errmsg("jobq leader of database \"%s\" could not start its %s (attempt %d of %d); retrying in %d ms",
-						my_database(), jobq_service_name(failed->def->kind),
+						jobq_process_database(), jobq_service_name(failed->def->kind),
 						attempt, START_ATTEMPTS, delay)));
-		jobq_process_wait(delay);
-		jobq_process_handle_interrupts();
+		jobq_process_sleep(delay);
 	}
 	return false;
 }
@@ -285,7 +278,7 @@ run_due_services(void)
 			if (s->failures > 0)
 				ereport(LOG,
 						(errmsg("jobq %s of database \"%s\" is running again",
-								name, my_database())));
+								name, jobq_process_database())));
 			s->failures = 0;
 			jobq_component_set_state(s->slot, JOBQ_RUNNING);
 			continue;
@@ -297,7 +290,7 @@ run_due_services(void)
 			jobq_component_set_state(s->slot, JOBQ_FAILED);
 			ereport(LOG,
 					(errmsg("jobq %s of database \"%s\" failed %d times in a row",
-							name, my_database(), s->failures)));
+							name, jobq_process_database(), s->failures)));
 			return false;
 		}
 		jobq_component_set_state(s->slot, JOBQ_BACKOFF);
@@ -353,7 +346,7 @@ resign(const char *why)
 	jobq_wake_database(me->db_index);	/* another candidate may take over */
 	ereport(LOG,
 			(errmsg("jobq leader of database \"%s\" resigned: %s; standing aside for %d ms",
-					my_database(), why, jobq_leader_cooldown_ms)));
+					jobq_process_database(), why, jobq_leader_cooldown_ms)));
 }
 
 /* Leads until resigning; returns the time until it may compete again. */
@@ -362,7 +355,7 @@ lead(void)
 {
 	ereport(LOG,
 			(errmsg("jobq candidate %d is now the leader of database \"%s\"",
-					me->number, my_database())));
+					me->number, jobq_process_database())));
 	set_leader(true);
 	seen_lost_workers = pg_atomic_read_u32(&JobqShared->databases[me->db_index].lost_workers);
 
@@ -381,7 +374,7 @@ lead(void)
 			stop_services();
 			set_leader(false);
 			ereport(LOG,
-					(errmsg("jobq leader of database \"%s\" lost its lock", my_database())));
+					(errmsg("jobq leader of database \"%s\" lost its lock", jobq_process_database())));
 			return 0;
 		}
 		if (!run_due_services())

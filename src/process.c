@@ -26,7 +26,17 @@
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
+#include "utils/timestamp.h"
 #include "commands/dbcommands.h"
+
+static int	my_db_index = -1;
+
+/* The name of the process's database, without a catalog look-up. */
+const char *
+jobq_process_database(void)
+{
+	return my_db_index >= 0 ? JobqShared->databases[my_db_index].name : "?";
+}
 
 JobqComponent *
 jobq_process_start(Datum main_arg, const char *app_name)
@@ -43,6 +53,7 @@ jobq_process_start(Datum main_arg, const char *app_name)
 
 	/* before connecting: see jobq_component_attach */
 	jobq_component_attach(me);
+	my_db_index = me->db_index;
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname(app_name);
@@ -85,7 +96,7 @@ jobq_process_exit_if_extension_gone(JobqComponent *me)
 	ereport(LOG,
 			(errmsg("jobq %s leaving database \"%s\": the extension was dropped",
 					me->kind == JOBQ_WORKER ? "worker" : "candidate",
-					get_database_name(MyDatabaseId) ? get_database_name(MyDatabaseId) : "?")));
+					jobq_process_database())));
 	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
 	JobqShared->databases[me->db_index].state = JOBQ_DB_ABSENT;
 	LWLockRelease(JobqShared->lock);
@@ -106,8 +117,9 @@ jobq_process_handle_interrupts(void)
 }
 
 /*
- * The transaction bracket of every jobq process: our own SQL runs through
- * SPI, which takes a fresh snapshot per statement (READ COMMITTED).
+ * The transaction bracket of every jobq process.  SPI wants an outer
+ * snapshot; it still takes a fresh one for each statement we run (READ
+ * COMMITTED), which the claim of a limited queue relies on.
  */
 void
 jobq_xact_begin(const char *activity)
@@ -116,12 +128,14 @@ jobq_xact_begin(const char *activity)
 	StartTransactionCommand();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
 }
 
 void
 jobq_xact_end(void)
 {
+	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
@@ -149,6 +163,28 @@ jobq_process_recover(JobqComponent *me, MemoryContext cxt)
 	jobq_component_error(me, edata->message);
 	FreeErrorData(edata);
 	RESUME_INTERRUPTS();
+}
+
+/*
+ * Sleeps the whole delay, whatever sets the latch meanwhile (a backoff must
+ * not be cut short by wake-ups meant for the normal loop).
+ */
+void
+jobq_process_sleep(long delay_ms)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms);
+
+	for (;;)
+	{
+		long		secs;
+		int			usecs;
+
+		jobq_process_handle_interrupts();
+		TimestampDifference(GetCurrentTimestamp(), until, &secs, &usecs);
+		if (secs == 0 && usecs == 0)
+			break;
+		jobq_process_wait(secs * 1000 + usecs / 1000 + 1);
+	}
 }
 
 /* Sleeps on the latch for at most timeout_ms, then clears it. */

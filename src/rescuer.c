@@ -137,7 +137,7 @@ rescuer_run(int db_index)
 	{
 		ereport(LOG,
 				(errmsg("jobq rescuer of database \"%s\" gave back %d jobs of lost workers (%d discarded: no attempts left)",
-						get_database_name(MyDatabaseId), (int) SPI_processed, ndiscarded)));
+						jobq_process_database(), (int) SPI_processed, ndiscarded)));
 		/* the scheduler picks up the retryable ones when due */
 		jobq_at_commit_wake_leader();
 		if (ndiscarded > 0)

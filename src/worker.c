@@ -775,7 +775,7 @@ worker_exit_if_asked(void)
 		return;
 	ereport(LOG,
 			(errmsg("jobq worker %d leaving database \"%s\": jobq.workers was lowered",
-					me->number, get_database_name(MyDatabaseId))));
+					me->number, jobq_process_database())));
 	proc_exit(0);
 }
 
@@ -804,7 +804,7 @@ jobq_worker_main(Datum main_arg)
 
 	ereport(LOG,
 			(errmsg("jobq worker %d started in database \"%s\"",
-					me->number, get_database_name(MyDatabaseId))));
+					me->number, jobq_process_database())));
 
 	for (;;)
 	{
@@ -840,7 +840,7 @@ jobq_worker_main(Datum main_arg)
 		if (failures > 0)
 		{
 			jobq_component_set_state(me, JOBQ_BACKOFF);
-			jobq_process_wait(jobq_restart_backoff_ms(failures));
+			jobq_process_sleep(jobq_restart_backoff_ms(failures));
 		}
 		else if (!worked)
 			jobq_process_wait(jobq_poll_interval_ms);
