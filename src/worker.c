@@ -133,24 +133,10 @@ static SPIPlanPtr count_running_plan;
 static SPIPlanPtr load_kinds_plan;
 static SPIPlanPtr load_queues_plan;
 
+/* see jobq._claim() in the install script */
 static const char *CLAIM_SQL =
-"WITH picked AS MATERIALIZED ("
-"    SELECT id FROM jobq.jobs"
-"     WHERE state = 'available' AND queue = $2"
-"     ORDER BY priority, scheduled_at, id"
-"     LIMIT $3"
-"     FOR UPDATE SKIP LOCKED),"
-" claimed AS ("
-"    UPDATE jobq.jobs j"
-"       SET state = 'running', attempt = j.attempt + 1,"
-"           attempted_at = now(), attempted_by = $1"
-"      FROM picked"
-"     WHERE j.id = picked.id"
-"    RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts,"
-"              j.priority, j.scheduled_at,"
-"              coalesce((j.errors -> -1 ->> 'lost')::boolean, false) AS survivor)"
-" SELECT id, kind, args, owner::oid, attempt, max_attempts, survivor"
-"   FROM claimed ORDER BY priority, scheduled_at, id";
+"SELECT id, kind, args, owner, attempt, max_attempts, survivor"
+"  FROM jobq._claim($1, $2, $3)";
 
 static const char *COMPLETE_SQL =
 "UPDATE jobq.jobs"

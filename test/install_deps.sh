@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs, on Debian 12 as root, the packages jobq builds and tests with,
+# when they are missing.  The Debian server package would create and start
+# a default cluster; jobq's scripts start their own, so none is created.
+set -euo pipefail
+
+packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl make gcc)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing: ${missing[*]}"
+mkdir -p /etc/postgresql-common
+if [ ! -f /etc/postgresql-common/createcluster.conf ]; then
+	echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+	"${missing[@]}" >/dev/null
