@@ -8,39 +8,12 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-BIN=/usr/lib/postgresql/15/bin
-RUN_AS=${JOBQ_DEMO_USER:-postgres}
+. test/cluster.sh
 
-if [ "$(id -u)" = 0 ]; then
-	bash test/install_deps.sh
-	make -s PG_CONFIG="$PG_CONFIG"
-	make -s PG_CONFIG="$PG_CONFIG" install
-	as_user() { runuser -u "$RUN_AS" -- "$@"; }
-else
-	as_user() { "$@"; }
-fi
+cluster_start "jobq.workers = 2"
+echo "== cluster started in $CLUSTER_DIR/data with shared_preload_libraries = 'jobq'"
 
-dir=$(mktemp -d /tmp/jobq-demo.XXXXXX)
-chown "$RUN_AS" "$dir" 2>/dev/null || true
-stop() {
-	as_user "$BIN/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
-	rm -rf "$dir"
-}
-trap stop EXIT
-
-as_user "$BIN/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
-cat >> "$dir/data/postgresql.conf" <<CONF
-shared_preload_libraries = 'jobq'
-listen_addresses = ''
-unix_socket_directories = '$dir'
-port = 5432
-jobq.workers = 2
-CONF
-as_user "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
-echo "== cluster started in $dir/data with shared_preload_libraries = 'jobq'"
-
-as_user "$BIN/psql" -X -q -h "$dir" -U postgres -d postgres -v ON_ERROR_STOP=1 <<'SQL'
+cluster_psql <<'SQL'
 \pset footer off
 CREATE EXTENSION jobq;
 
