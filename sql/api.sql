@@ -46,6 +46,30 @@ BEGIN
 		PERFORM pg_sleep(0.01);
 	END LOOP;
 END $$;
+-- waits until no worker runs a job (a cancelled job may still be running)
+CREATE FUNCTION app.await_not_running(job bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+	deadline timestamptz := clock_timestamp() + interval '60 s';
+BEGIN
+	WHILE clock_timestamp() < deadline LOOP
+		PERFORM FROM jobq.components WHERE job_id = job;
+		IF NOT FOUND THEN
+			RETURN true;
+		END IF;
+		PERFORM pg_sleep(0.01);
+	END LOOP;
+	RETURN false;
+END $$;
+-- a handler that runs until the test releases advisory lock 4242
+CREATE FUNCTION app.blocked(args jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO app.effects VALUES ('blocked', (args->>'n')::int);
+	PERFORM pg_advisory_xact_lock_shared(4242);
+END $$;
+-- a handler that enqueues another job
+CREATE FUNCTION app.parent(args jsonb) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_build_object('child', jobq.enqueue('effect', args))
+$$;
 -- what a handler sees of itself
 CREATE FUNCTION app.whoami(args jsonb) RETURNS jsonb LANGUAGE sql AS $$
 	SELECT jsonb_build_object(
@@ -108,6 +132,9 @@ SELECT jobq.register('fail', 'app.fail(jsonb)', max_attempts => 1);
 SELECT jobq.register('fail3', 'app.fail(jsonb)', max_attempts => 3, backoff_max => '0');
 -- the default backoff: 1 s after attempt 1, 16 s after attempt 2
 SELECT jobq.register('fail_slow', 'app.fail(jsonb)', max_attempts => 3);
+SELECT jobq.register('blocked', 'app.blocked(jsonb)', max_attempts => 1);
+SELECT jobq.register('blocked_1s', 'app.blocked(jsonb)', max_attempts => 1, timeout => '1 s');
+SELECT jobq.register('parent', 'app.parent(jsonb)');
 SELECT kind, handler, queue, max_attempts, priority, backoff_max
   FROM jobq.handlers ORDER BY kind;
 
@@ -190,6 +217,50 @@ SELECT jobq.retry(:id);
 SELECT jobq.wait(:id, '60 s');
 SELECT state, attempt, max_attempts FROM jobq.jobs WHERE id = :id;
 SELECT n, count(*) FROM app.effects WHERE kind = 'effect' GROUP BY n ORDER BY n;
+-- a job can enqueue jobs; they run as the same owner
+SELECT jobq.enqueue('parent', '{"n": 7}') AS id \gset
+SELECT jobq.wait(:id, '60 s');
+SELECT (result->>'child')::bigint AS child FROM jobq.jobs WHERE id = :id \gset
+SELECT jobq.wait(:child, '60 s');
+SELECT kind, args, owner = current_user::regrole AS mine FROM jobq.jobs WHERE id = :child;
+SELECT n FROM app.effects WHERE n = 7;
+-- a running job: visible in jobq.components, cannot be retried, keeps its
+-- kind registered; a cancelled running job's effects are rolled back
+SELECT pg_advisory_lock(4242);
+SELECT jobq.enqueue('blocked', '{"n": 8}') AS id \gset
+SELECT app.await_state(:id, 'running', 1);
+SELECT state, attempt, attempted_by IN (SELECT incarnation FROM jobq.components) AS by_worker
+  FROM jobq.jobs WHERE id = :id;
+SELECT state, job_id = :id AS runs_it FROM jobq.components WHERE job_id = :id;
+SELECT running FROM jobq.queue_stats WHERE queue = 'default';
+SELECT jobq.retry(:id);
+SELECT jobq.unregister('blocked');
+SELECT jobq.cancel(:id);
+SELECT jobq.wait(:id, '60 s');
+SELECT pg_advisory_unlock(4242);
+SELECT app.await_not_running(:id);
+SELECT state, finalized_at IS NOT NULL AS finalized, errors FROM jobq.jobs WHERE id = :id;
+SELECT count(*) FROM app.effects WHERE kind = 'blocked';
+-- a handler that exceeds its kind's timeout fails with a message that says so
+SELECT pg_advisory_lock(4242);
+SELECT jobq.enqueue('blocked_1s', '{"n": 9}') AS id \gset
+SELECT jobq.wait(:id, '60 s');
+SELECT pg_advisory_unlock(4242);
+SELECT state, attempt, errors->0->>'message' AS message, errors->0->>'sqlstate' AS sqlstate
+  FROM jobq.jobs WHERE id = :id;
+SELECT count(*) FROM app.effects WHERE kind = 'blocked';
+-- a kind name of any length that register() accepts must be runnable
+CREATE FUNCTION app.try_register(kind text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM jobq.register(kind, 'app.noop(jsonb)', max_attempts => 1);
+	RETURN true;
+EXCEPTION WHEN OTHERS THEN
+	RETURN false;
+END $$;
+SELECT CASE WHEN app.try_register(repeat('k', 200)) THEN jobq.enqueue(repeat('k', 200)) END AS id \gset
+SELECT CASE WHEN :'id' = '' THEN 'refused by register'
+			ELSE jobq.wait(nullif(:'id', '')::bigint, '60 s')::text END IN
+	   ('refused by register', 'completed') AS long_kind_ok;
 -- wait() on a final job returns at once, with or without a timeout
 SELECT jobq.wait(:id);
 SELECT jobq.wait(:id, '0 s');

@@ -110,7 +110,7 @@ for my $round (1 .. $rounds)
 		"round $round: only the new leader holds the lock");
 }
 my @sorted = sort { $a <=> $b } @ready_ms;
-note(sprintf('FIGURE leader failover (terminate leader -> new leader with services running), '
+diag(sprintf('FIGURE leader failover (terminate leader -> new leader with services running), '
 	  . '%d rounds: min %.1f ms, median %.1f ms, max %.1f ms; lock taken after max %.1f ms',
 	$rounds, $sorted[0], $sorted[ int($rounds / 2) ], $sorted[-1],
 	(sort { $a <=> $b } @elected_ms)[-1]));
@@ -187,7 +187,7 @@ my ($new, $elected, $ready) = split /\|/,
   $node->safe_psql('postgres',
 	"SELECT * FROM t.failover(ARRAY[$cands], '$JobqTest::TIMEOUT s')");
 ok($new ne '' && $cands !~ /\b$new\b/, "a restarted candidate leads ($new)");
-note(sprintf('FIGURE all candidates terminated -> leader with services running after %.1f ms '
+diag(sprintf('FIGURE all candidates terminated -> leader with services running after %.1f ms '
 	  . '(includes the launcher restart backoff)', $ready));
 my $log = slurp_file($node->logfile);
 like($log, qr/jobq candidate \d of database "postgres" exited unexpectedly; restarting it in \d+ ms/,
