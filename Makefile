@@ -28,7 +28,7 @@ OBJS = \
 	src/worker.o
 DATA = $(wildcard sql/jobq--*.sql)
 
-REGRESS = api
+REGRESS = api errors
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/jobq.conf
 ISOLATION =
 ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_isolation --temp-config=test/jobq.conf

@@ -16,7 +16,8 @@ SET statement_timeout = '120 s';
 SELECT jobq.wait_ready('60 s');
 
 CREATE SCHEMA err;
-CREATE FUNCTION err.fingerprint() RETURNS text LANGUAGE sql AS $$
+-- SECURITY DEFINER: a superuser sees every row, whoever calls
+CREATE FUNCTION err.fingerprint() RETURNS text LANGUAGE sql SECURITY DEFINER AS $$
 	SELECT md5(concat_ws('/',
 		(SELECT string_agg(t::text, '|' ORDER BY t.id) FROM jobq.jobs t),
 		(SELECT string_agg(t::text, '|' ORDER BY t.kind) FROM jobq.handlers t),
@@ -28,7 +29,7 @@ CREATE FUNCTION err.rebase() RETURNS void LANGUAGE sql AS $$
 	DELETE FROM err.base;
 	INSERT INTO err.base SELECT err.fingerprint();
 $$;
-CREATE FUNCTION err.check(sqlstate text) RETURNS text LANGUAGE sql AS $$
+CREATE FUNCTION err.check(sqlstate text) RETURNS text LANGUAGE sql SECURITY DEFINER AS $$
 	SELECT sqlstate || CASE WHEN (SELECT fingerprint FROM err.base) = err.fingerprint()
 							THEN ', nothing written' ELSE ', SOMETHING WAS WRITTEN' END
 $$;
@@ -275,6 +276,7 @@ SELECT jobq.drop_queue('err_busy');
 SELECT err.check(:'SQLSTATE');
 SELECT jobq.cancel(:live_id);
 SELECT jobq.drop_queue('err_busy');
+SELECT err.rebase();
 
 --
 -- cancel and retry
@@ -351,21 +353,26 @@ SELECT jobq.wait(:live_id, '1 s');
 ROLLBACK;
 SELECT err.check(:'st');
 -- a job enqueued in the waiting transaction cannot run before it commits
+-- (the message has the job id: shown with digits replaced)
 BEGIN;
 SELECT jobq.enqueue('err_ok') AS new_id \gset
+\set VERBOSITY sqlstate
 SELECT jobq.wait(:new_id, '1 s');
+\set VERBOSITY default
 \set st :SQLSTATE
 ROLLBACK;
-SELECT err.check(:'st');
+SELECT err.check(:'st'), regexp_replace(:'LAST_ERROR_MESSAGE', '[0-9]+', 'N') AS message;
 -- nor can a job the waiting transaction made available again
 SELECT jobq.cancel(:live_id);
 SELECT err.rebase();
 BEGIN;
 SELECT jobq.retry(:live_id);
+\set VERBOSITY sqlstate
 SELECT jobq.wait(:live_id, '1 s');
+\set VERBOSITY default
 \set st :SQLSTATE
 ROLLBACK;
-SELECT err.check(:'st');
+SELECT err.check(:'st'), regexp_replace(:'LAST_ERROR_MESSAGE', '[0-9]+', 'N') AS message;
 -- but a job it made final is final
 BEGIN;
 SELECT jobq.enqueue('err_ok') AS new_id \gset

@@ -30,10 +30,18 @@ typedef struct PendingActions
 	bool		recheck_database;
 	bool		probe_database;
 	bool		rescan_databases;
+	int			release_database;	/* db_index held by ddl.c, or -1 */
 } PendingActions;
 
-static PendingActions pending;
+static PendingActions pending = {.release_database = -1};
 static bool callback_registered = false;
+
+static void
+reset_pending(void)
+{
+	memset(&pending, 0, sizeof(pending));
+	pending.release_database = -1;
+}
 
 static void
 run_pending_actions(void)
@@ -84,6 +92,11 @@ run_pending_actions(void)
 static void
 jobq_xact_callback(XactEvent event, void *arg)
 {
+	/* a hold ends with the transaction, committed or not */
+	if ((event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT) &&
+		pending.release_database >= 0)
+		jobq_release_database(pending.release_database);
+
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
@@ -99,7 +112,7 @@ jobq_xact_callback(XactEvent event, void *arg)
 		default:
 			return;
 	}
-	memset(&pending, 0, sizeof(pending));
+	reset_pending();
 }
 
 static void
@@ -153,6 +166,13 @@ jobq_at_commit_recheck_database(void)
 {
 	ensure_callback();
 	pending.recheck_database = true;
+}
+
+void
+jobq_at_xact_end_release_database(int db_index)
+{
+	ensure_callback();
+	pending.release_database = db_index;
 }
 
 void

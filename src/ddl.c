@@ -9,8 +9,9 @@
  * to the database, and jobq's workers are such sessions.  Before those
  * commands run, this hook asks the launcher to stop the database's
  * processes and hold them off, waits (bounded) until they are gone, and
- * releases the hold when the command ends, however it ends.  A backend that
- * dies while holding is noticed by the launcher, which drops the hold.
+ * releases the hold when the command's transaction ends, however it ends.
+ * A backend that dies while holding is noticed by the launcher, which drops
+ * the hold.
  *
  * CREATE EXTENSION jobq asks the launcher, at commit, to look at the
  * database again; DROP EXTENSION/SCHEMA/OWNED wakes the database's
@@ -129,8 +130,8 @@ hold_database(const char *dbname)
 	return db_index;
 }
 
-static void
-release_database(int db_index)
+void
+jobq_release_database(int db_index)
 {
 	if (db_index < 0)
 		return;
@@ -192,12 +193,20 @@ jobq_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 									params, queryEnv, dest, qc);
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
-		release_database(held);
+		jobq_release_database(held);
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
 
+	/*
+	 * Keep the hold until the command's transaction ends: until then a
+	 * dropped database is still in pg_database, and processes started for
+	 * it would only wait for the drop and fail.
+	 */
+	if (held >= 0)
+		jobq_at_xact_end_release_database(held);
 	note_effects(parsetree);
 }
 

@@ -212,9 +212,11 @@ extern void jobq_at_commit_config_changed(void);
 extern void jobq_at_commit_probe_database(void);
 extern void jobq_at_commit_recheck_database(void);
 extern void jobq_at_commit_rescan_databases(void);
+extern void jobq_at_xact_end_release_database(int db_index);
 
 /* ddl.c: ProcessUtility hook keeping processes out of the way of DDL */
 extern void jobq_ddl_hook_install(void);
+extern void jobq_release_database(int db_index);
 
 /* launcher.c */
 extern void jobq_launcher_register(void);
