@@ -25,6 +25,8 @@ case "$suite" in
 	tap) vars=(REGRESS= ISOLATION=); [ $# -gt 0 ] && vars+=("PROVE_TESTS=$*") ;;
 	*) echo "usage: $0 [all|regress|isolation|tap [files...]]" >&2; exit 2 ;;
 esac
+# JOBQ_PROVE_FLAGS=-v: verbose TAP output (shows the figures tests note())
+[ -n "${JOBQ_PROVE_FLAGS:-}" ] && vars+=("PROVE_FLAGS=-I test $JOBQ_PROVE_FLAGS")
 
 if [ "$(id -u)" = 0 ]; then
 	# JOBQ_SKIP_BUILD=1: test what is installed (for parallel test runs)

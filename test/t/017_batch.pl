@@ -53,10 +53,13 @@ sub enqueue_jobs
 	return split / /, $ids;
 }
 
+# Waits for jobs (in one session); returns their final states, in order.
 sub wait_all
 {
 	my (@ids) = @_;
-	return join(',', map { wait_job($node, $_) } @ids);
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(jobq.wait(id, '$JobqTest::TIMEOUT s')::text, ',' ORDER BY ord)
+		   FROM unnest(ARRAY[" . join(',', @ids) . "]::bigint[]) WITH ORDINALITY AS t(id, ord)");
 }
 
 # Warm up: the worker sizes its claims by the jobs' mean duration, which

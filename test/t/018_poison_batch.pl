@@ -43,9 +43,13 @@ sub enqueue_jobs
 		  . join(', ', @args) . "], max_attempts => $max_attempts), ' ')");
 }
 
+# Waits for jobs (in one session); returns their final states, in order.
 sub wait_all
 {
-	return join(',', map { wait_job($node, $_) } @_);
+	my (@ids) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(jobq.wait(id, '$JobqTest::TIMEOUT s')::text, ',' ORDER BY ord)
+		   FROM unnest(ARRAY[" . join(',', @ids) . "]::bigint[]) WITH ORDINALITY AS t(id, ord)");
 }
 
 # Warm both workers up, so that each claims whole batches.
