@@ -28,10 +28,10 @@ OBJS = \
 	src/worker.o
 DATA = $(wildcard sql/jobq--*.sql)
 
-REGRESS = api errors
+REGRESS = api errors security cron paused_queue
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/jobq.conf
-ISOLATION =
-ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_isolation --temp-config=test/jobq.conf
+ISOLATION = claim_race unique_race cancel_claim
+ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_isolation --temp-config=test/isolation.conf
 TAP_TESTS = 1
 PROVE_TESTS = $(wildcard test/t/*.pl)
 PROVE_FLAGS = -I test

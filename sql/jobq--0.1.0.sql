@@ -751,19 +751,33 @@ COMMENT ON FUNCTION jobq.unschedule(text) IS 'Removes a schedule; false if there
  * Claims up to max_jobs available jobs of one queue for a worker, in run
  * order: locks them with SKIP LOCKED (so concurrent claimers never take the
  * same job), marks them running and counts the attempt.  The worker commits
- * this before running any of them.  "survivor": the job's previous attempt
- * ended with its worker lost.
+ * this before running any of them.
+ *
+ * A job that must run alone -- its previous worker died, or its kind is one
+ * of alone_kinds (procedures) -- is claimed at most max_alone (0 or 1) at a
+ * time: if it kills its worker again, it must not take the attempts of
+ * other such jobs claimed with it.  Locked rows not claimed are released at
+ * commit.
  */
-CREATE FUNCTION jobq._claim(worker bigint, queue text, max_jobs bigint)
+CREATE FUNCTION jobq._claim(worker bigint, queue text, max_jobs bigint,
+							alone_kinds text[], max_alone integer)
 RETURNS TABLE (id bigint, kind text, args jsonb, owner oid, attempt integer,
-			   max_attempts integer, survivor boolean)
+			   max_attempts integer, alone boolean)
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-	WITH picked AS MATERIALIZED (
-		SELECT j.id FROM jobq.jobs j
+	WITH locked AS MATERIALIZED (
+		SELECT j.id, j.priority, j.scheduled_at,
+			   coalesce((j.errors -> -1 ->> 'lost')::boolean, false)
+				 OR j.kind = ANY (alone_kinds) AS alone
+		  FROM jobq.jobs j
 		 WHERE j.state = 'available' AND j.queue = _claim.queue
 		 ORDER BY j.priority, j.scheduled_at, j.id
 		 LIMIT max_jobs
 		 FOR UPDATE SKIP LOCKED),
+	picked AS (
+		SELECT l.id, l.alone FROM locked l WHERE NOT l.alone
+		UNION ALL
+		(SELECT l.id, l.alone FROM locked l WHERE l.alone
+		  ORDER BY l.priority, l.scheduled_at, l.id LIMIT max_alone)),
 	claimed AS (
 		UPDATE jobq.jobs j
 		   SET state = 'running', attempt = j.attempt + 1,
@@ -771,12 +785,11 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 		  FROM picked
 		 WHERE j.id = picked.id
 		RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts,
-				  j.priority, j.scheduled_at,
-				  coalesce((j.errors -> -1 ->> 'lost')::boolean, false) AS survivor)
-	SELECT c.id, c.kind, c.args, c.owner::oid, c.attempt, c.max_attempts, c.survivor
+				  j.priority, j.scheduled_at, picked.alone)
+	SELECT c.id, c.kind, c.args, c.owner::oid, c.attempt, c.max_attempts, c.alone
 	  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id
 $$;
-REVOKE ALL ON FUNCTION jobq._claim(bigint, text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION jobq._claim(bigint, text, bigint, text[], integer) FROM PUBLIC;
 
 /* ---------------------------------------------------------------------
  * Waiting and introspection

@@ -74,13 +74,20 @@ run_pending_actions(void)
 	{
 		LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
 		JobqShared->rescan_requested = true;
-		if (pending.probe_database)
+		if (pending.probe_database || pending.recheck_database)
 		{
 			for (int d = 0; d < JobqShared->max_databases; d++)
 			{
 				JobqDatabase *db = &JobqShared->databases[d];
 
-				if (db->state == JOBQ_DB_ABSENT && db->dboid == MyDatabaseId)
+				/*
+				 * One candidate finds out whether the extension is there:
+				 * after CREATE EXTENSION where jobq did not run, and after a
+				 * drop of jobq (whose processes the drop already stopped).
+				 */
+				if (db->dboid == MyDatabaseId &&
+					(db->state == JOBQ_DB_ABSENT ||
+					 (pending.recheck_database && db->state == JOBQ_DB_ACTIVE)))
 					db->state = JOBQ_DB_PROBING;
 			}
 		}

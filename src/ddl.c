@@ -13,9 +13,12 @@
  * A backend that dies while holding is noticed by the launcher, which drops
  * the hold.
  *
- * CREATE EXTENSION jobq asks the launcher, at commit, to look at the
- * database again; DROP EXTENSION/SCHEMA/OWNED wakes the database's
- * processes at commit so that they notice the extension is gone and leave.
+ * DROP EXTENSION jobq (or DROP SCHEMA jobq) holds the database's processes
+ * the same way: it would otherwise wait for the running jobs to end, with
+ * every enqueue queued behind it.  CREATE EXTENSION jobq and a drop of
+ * jobq make the launcher look at the database again, at commit.  (Should
+ * DROP OWNED remove the extension, the processes notice at their next
+ * cycle.)
  *
  *-------------------------------------------------------------------------
  */
@@ -62,27 +65,66 @@ option_string(List *options, const char *name)
 	return NULL;
 }
 
-/* The database a statement needs free of other sessions, if any. */
-static const char *
-database_needing_exclusivity(Node *parsetree)
+static bool
+names_jobq(List *objects)
 {
+	ListCell   *lc;
+
+	foreach(lc, objects)
+	{
+		Node	   *name = lfirst(lc);
+
+		if (IsA(name, String) && strcmp(strVal(name), "jobq") == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Whether a statement drops the jobq extension (or its schema). */
+static bool
+drops_jobq(Node *parsetree)
+{
+	DropStmt   *drop = (DropStmt *) parsetree;
+
+	return IsA(parsetree, DropStmt) &&
+		(drop->removeType == OBJECT_EXTENSION || drop->removeType == OBJECT_SCHEMA) &&
+		names_jobq(drop->objects);
+}
+
+/*
+ * The database whose jobq processes must be out of the way of a statement:
+ * those that refuse to run while other sessions use a database, and a drop
+ * of jobq itself, which would otherwise wait for the running jobs.
+ */
+static Oid
+database_to_hold(Node *parsetree)
+{
+	const char *name = NULL;
+
 	switch (nodeTag(parsetree))
 	{
 		case T_DropdbStmt:
-			return ((DropdbStmt *) parsetree)->dbname;
+			name = ((DropdbStmt *) parsetree)->dbname;
+			break;
 		case T_RenameStmt:
 			if (((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
-				return ((RenameStmt *) parsetree)->subname;
-			return NULL;
+				name = ((RenameStmt *) parsetree)->subname;
+			break;
 		case T_AlterDatabaseStmt:
 			if (has_option(((AlterDatabaseStmt *) parsetree)->options, "tablespace"))
-				return ((AlterDatabaseStmt *) parsetree)->dbname;
-			return NULL;
+				name = ((AlterDatabaseStmt *) parsetree)->dbname;
+			break;
 		case T_CreatedbStmt:
-			return option_string(((CreatedbStmt *) parsetree)->options, "template");
+			name = option_string(((CreatedbStmt *) parsetree)->options, "template");
+			break;
+		case T_DropStmt:
+			if (drops_jobq(parsetree))
+				return MyDatabaseId;
+			break;
 		default:
-			return NULL;
+			break;
 	}
+	return name ? get_database_oid(name, true) : InvalidOid;
 }
 
 static bool
@@ -106,9 +148,8 @@ database_has_processes(int db_index)
 
 /* Stops a database's jobq processes and keeps them off; returns the hold. */
 static int
-hold_database(const char *dbname)
+hold_database(Oid dboid)
 {
-	Oid			dboid = get_database_oid(dbname, true);
 	int			db_index;
 	TimestampTz deadline;
 
@@ -153,15 +194,8 @@ note_effects(Node *parsetree)
 				jobq_at_commit_probe_database();
 			break;
 		case T_DropStmt:
-			{
-				ObjectType	type = ((DropStmt *) parsetree)->removeType;
-
-				if (type == OBJECT_EXTENSION || type == OBJECT_SCHEMA)
-					jobq_at_commit_recheck_database();
-				break;
-			}
-		case T_DropOwnedStmt:
-			jobq_at_commit_recheck_database();
+			if (drops_jobq(parsetree))
+				jobq_at_commit_recheck_database();
 			break;
 		case T_CreatedbStmt:
 			jobq_at_commit_rescan_databases();
@@ -178,11 +212,11 @@ jobq_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 					DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
-	const char *exclusive_db = database_needing_exclusivity(parsetree);
+	Oid			hold = database_to_hold(parsetree);
 	int			held = -1;
 
-	if (exclusive_db != NULL && JobqShared != NULL)
-		held = hold_database(exclusive_db);
+	if (OidIsValid(hold) && JobqShared != NULL)
+		held = hold_database(hold);
 
 	PG_TRY();
 	{

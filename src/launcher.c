@@ -387,6 +387,9 @@ manage_process(int d, JobqComponent *c, bool wanted, TimestampTz now)
 	p->handle = NULL;
 	p->failures++;
 	p->next_start = TimestampTzPlusMilliseconds(now, jobq_restart_backoff_ms(p->failures));
+	jobq_component_error(c, psprintf("no free background worker slot (max_worker_processes = %d)",
+									 max_worker_processes));
+	jobq_component_set_state(c, JOBQ_BACKOFF);
 	ereport(WARNING,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			 errmsg("jobq could not start %s %d for database \"%s\": no free background worker slot",

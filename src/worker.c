@@ -47,6 +47,7 @@
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
@@ -94,8 +95,7 @@ typedef struct ClaimedJob
 	Oid			owner;
 	int32		attempt;
 	int32		max_attempts;
-	bool		survivor;		/* its previous worker died in a batch */
-	bool		alone;			/* runs in a transaction of its own */
+	bool		alone;			/* procedure, or its previous worker died */
 } ClaimedJob;
 
 /* What one transaction did, applied to counters and wake-ups at commit. */
@@ -117,6 +117,7 @@ static MemoryContext batch_cxt;
 static MemoryContext job_cxt;
 static MemoryContext kinds_cxt;
 static HTAB *kinds = NULL;
+static Datum alone_kinds;		/* text[] of the procedure kinds, for the claim */
 static QueueEntry *queues = NULL;
 static int	nqueues = 0;
 static uint64 cached_generation = 0;
@@ -135,8 +136,8 @@ static SPIPlanPtr load_queues_plan;
 
 /* see jobq._claim() in the install script */
 static const char *CLAIM_SQL =
-"SELECT id, kind, args, owner, attempt, max_attempts, survivor"
-"  FROM jobq._claim($1, $2, $3)";
+"SELECT id, kind, args, owner, attempt, max_attempts, alone"
+"  FROM jobq._claim($1, $2, $3, $4, $5)";
 
 static const char *COMPLETE_SQL =
 "UPDATE jobq.jobs"
@@ -178,7 +179,7 @@ static const char *LOAD_QUEUES_SQL =
 static void
 prepare_plans(void)
 {
-	Oid			claim_types[3] = {INT8OID, TEXTOID, INT8OID};
+	Oid			claim_types[5] = {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID};
 	Oid			complete_types[3] = {INT8OID, INT8OID, JSONBOID};
 	Oid			fail_types[8] = {INT8OID, INT8OID, FLOAT8OID, TEXTOID,
 	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
@@ -203,6 +204,21 @@ static void
 invalidate_caches(Datum arg, int cacheid, uint32 hashvalue)
 {
 	cached_generation = 0;
+}
+
+/* The kinds whose handler is a procedure, as a text[] in kinds_cxt. */
+static Datum
+procedure_kinds(void)
+{
+	HASH_SEQ_STATUS seq;
+	KindEntry  *k;
+	ArrayBuildState *build = initArrayResult(TEXTOID, kinds_cxt, false);
+
+	hash_seq_init(&seq, kinds);
+	while ((k = hash_seq_search(&seq)) != NULL)
+		if (k->is_procedure)
+			accumArrayResult(build, CStringGetTextDatum(k->kind), false, TEXTOID, kinds_cxt);
+	return makeArrayResult(build, kinds_cxt);
 }
 
 static void
@@ -240,6 +256,7 @@ load_kinds(void)
 		k->call_plan = NULL;
 		k->checked_owner = InvalidOid;
 	}
+	alone_kinds = procedure_kinds();
 }
 
 static void
@@ -365,15 +382,16 @@ check_owner(KindEntry *k, Oid owner)
 }
 
 /*
- * Claims up to capacity jobs from one queue into jobs[]; returns how many.
+ * Claims up to capacity jobs from one queue into jobs[]; returns how many,
+ * of which at most one must run alone, and none unless may_claim_alone.
  * For a limited queue, the queue row lock and the count of its running jobs
  * come first, each statement with a fresh snapshot.
  */
 static int
-claim_from_queue(QueueEntry *q, int capacity, ClaimedJob *jobs)
+claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *jobs)
 {
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	int64		limit = capacity;
 	int			n = 0;
 	MemoryContext old;
@@ -406,6 +424,8 @@ claim_from_queue(QueueEntry *q, int capacity, ClaimedJob *jobs)
 	}
 
 	values[2] = Int64GetDatum(limit);
+	values[3] = alone_kinds;
+	values[4] = Int32GetDatum(may_claim_alone ? 1 : 0);
 	if (SPI_execute_plan(claim_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim jobs of queue \"%s\"", q->name);
 
@@ -423,7 +443,7 @@ claim_from_queue(QueueEntry *q, int capacity, ClaimedJob *jobs)
 		job->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
 		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-		job->survivor = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		job->alone = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	}
 	MemoryContextSwitchTo(old);
 	return n;
@@ -442,8 +462,8 @@ claim_capacity(void)
 
 /*
  * Claims a batch across the queues, starting at a rotating queue; commits
- * the claim.  Jobs that must run alone are moved to the end.  Leaves the
- * process if the extension is gone.
+ * the claim.  Jobs that must run alone (at most one per queue claimed) are
+ * moved to the end.  Leaves the process if the extension is gone.
  */
 static int
 claim_jobs(ClaimedJob **jobs_out)
@@ -454,6 +474,7 @@ claim_jobs(ClaimedJob **jobs_out)
 	int			n = 0;
 	int			first = 0;
 	int			start;
+	bool		claimed_alone = false;
 
 	jobq_xact_begin("jobq worker: claiming jobs");
 	if (!jobq_extension_present())
@@ -470,15 +491,15 @@ claim_jobs(ClaimedJob **jobs_out)
 		QueueEntry *q = &queues[(start + i) % nqueues];
 
 		if (!q->paused)
-			n += claim_from_queue(q, capacity - n, jobs + n);
+		{
+			int			got = claim_from_queue(q, capacity - n, !claimed_alone, jobs + n);
+
+			for (int j = n; j < n + got; j++)
+				claimed_alone |= jobs[j].alone;
+			n += got;
+		}
 	}
 
-	for (int i = 0; i < n; i++)
-	{
-		KindEntry  *k = kind_entry(jobs[i].kind);
-
-		jobs[i].alone = jobs[i].survivor || (k != NULL && k->is_procedure);
-	}
 	jobq_xact_end();
 
 	ordered = MemoryContextAlloc(batch_cxt, sizeof(ClaimedJob) * Max(n, 1));

@@ -4,7 +4,7 @@
 # a default cluster; jobq's scripts start their own, so none is created.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl make gcc)
+packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl make gcc prometheus-postgres-exporter)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -140,6 +140,18 @@ is(job_row($alice_private, q{errors->0->>'sqlstate'}), '42501',
 	'... failing with insufficient_privilege');
 is(wait_job($node, $super_private), 'completed', "the superuser's job of that kind runs");
 
+# --- revoking EXECUTE takes effect for the next jobs ---------------------------
+# (the workers ran alice's whoami jobs above, so they knew she could)
+$node->safe_psql('postgres', 'REVOKE EXECUTE ON FUNCTION app.whoami(jsonb) FROM PUBLIC');
+my @revoked = map { enqueue_as('alice', 'whoami') } 1 .. 4;
+for my $id (@revoked)
+{
+	is(wait_job($node, $id), 'discarded', "alice's whoami job $id fails once EXECUTE is revoked");
+	is(job_row($id, q{errors->0->>'sqlstate'}), '42501', '... with insufficient_privilege');
+}
+my $super_who = enqueue_as($superuser, 'whoami');
+is(wait_job($node, $super_who), 'completed', "the superuser's whoami job still runs");
+
 # --- alice sees only her own jobs ----------------------------------------------
 is( $node->safe_psql('postgres',
 		q{SET ROLE alice; SELECT count(*) = count(*) FILTER (WHERE owner = 'alice'::regrole)

@@ -1,6 +1,8 @@
 # A kind's timeout stops a runaway handler (sleeping or spinning); the job
 # fails with a timeout error recorded, and the worker survives: the same
-# process runs the next jobs, with no timeout left over for other kinds.
+# process runs the next jobs, with no timeout left over for other kinds, and
+# no setting a handler changed (statement_timeout, work_mem, search_path)
+# leaks into the next job, in the same batch or not.
 use strict;
 use warnings;
 use lib 'test';
@@ -9,12 +11,14 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
-my $node = jobq_node('timeout', workers => 1);
+# batch_time 10 s: a batch of a few short jobs after slow ones stays one batch.
+my $node = jobq_node('timeout', workers => 1, conf => "jobq.batch_time = '10s'\n");
 jobq_install($node);
 
 $node->safe_psql('postgres', q{
 CREATE SCHEMA app;
 CREATE TABLE app.pids (job_id bigint, pid int);
+CREATE TABLE public.xacts_of_jobs (job_id bigint, xact xid8);
 CREATE FUNCTION app.sleeper(args jsonb) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
 	PERFORM pg_sleep(60);
@@ -36,7 +40,31 @@ END $$;
 SELECT jobq.register('sleeper', 'app.sleeper(jsonb)', timeout => '1 second', max_attempts => 1);
 SELECT jobq.register('spinner', 'app.spinner(jsonb)', timeout => '1 second', max_attempts => 1);
 SELECT jobq.register('pid', 'app.pid(jsonb)');
+-- changes session settings, as a careless handler might
+CREATE FUNCTION app.setter(args jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM set_config('statement_timeout', '100ms', false);
+	PERFORM set_config('work_mem', '7MB', false);
+	PERFORM set_config('search_path', 'app', false);
+	INSERT INTO public.xacts_of_jobs VALUES ((jobq.current_job()).id, pg_current_xact_id());
+	IF args ? 'fail' THEN
+		RAISE EXCEPTION 'setter fails after setting';
+	END IF;
+END $$;
+-- reports the settings it finds, after a while
+CREATE FUNCTION app.reporter(args jsonb) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_sleep(0.3);
+	INSERT INTO public.xacts_of_jobs VALUES ((jobq.current_job()).id, pg_current_xact_id());
+	RETURN concat_ws(' ', current_setting('statement_timeout'), current_setting('work_mem'),
+					 current_setting('search_path'));
+END $$;
+SELECT jobq.register('setter', 'app.setter(jsonb)', max_attempts => 1);
+SELECT jobq.register('reporter', 'app.reporter(jsonb)', max_attempts => 1);
 });
+my $defaults = $node->safe_psql('postgres',
+	q{SELECT concat_ws(' ', current_setting('statement_timeout'), current_setting('work_mem'),
+	                   current_setting('search_path'))});
 
 my $pid = component_pid($node, 'worker 0');
 like($pid, qr/^\d+$/, 'the worker runs');
@@ -88,12 +116,45 @@ is(join(',', map { wait_job($node, $_) } @ids), 'completed,discarded,completed',
 is($node->safe_psql('postgres', "SELECT count(*) FROM app.pids WHERE job_id IN ($ids)"),
 	'2', 'the neighbours made their effects');
 
+# Settings a handler changes do not leak into the next job on the worker,
+# whether it ran in the same transaction (one batch) or not, succeeded or not.
+# Quick jobs first, so that the worker claims more than one job at a time.
+my $warm = $node->safe_psql('postgres',
+	q{SELECT string_agg(jobq.enqueue('pid')::text, ',') FROM generate_series(1, 30)});
+is($node->safe_psql('postgres',
+		"SELECT string_agg(DISTINCT jobq.wait(id, '$JobqTest::TIMEOUT s')::text, ',') FROM unnest(ARRAY[$warm]) id"),
+	'completed', 'quick jobs completed');
+for my $fail (0, 1)
+{
+	my $set_args = $fail ? '{"fail": true}' : '{}';
+	my $setter = $node->safe_psql('postgres', "SELECT jobq.enqueue('setter', '$set_args')");
+	is(wait_job($node, $setter), $fail ? 'discarded' : 'completed', "setter job ($set_args) ended");
+	my $rep = $node->safe_psql('postgres', q{SELECT jobq.enqueue('reporter')});
+	is(wait_job($node, $rep), 'completed', '... a later job with a 0.3 s sleep still completes');
+	is($node->safe_psql('postgres', "SELECT result #>> '{}' FROM jobq.jobs WHERE id = $rep"),
+		$defaults, '... and finds the default settings');
+	my ($s, $r) = split /\|/, $node->safe_psql('postgres',
+		"SELECT jobq.enqueue('setter', '$set_args'), jobq.enqueue('reporter')");
+	is(join(',', wait_job($node, $s), wait_job($node, $r)),
+		($fail ? 'discarded' : 'completed') . ',completed',
+		'the same, enqueued together (one batch)');
+	is($node->safe_psql('postgres', "SELECT result #>> '{}' FROM jobq.jobs WHERE id = $r"),
+		$defaults, '... the second finds the default settings');
+	# one transaction: a completed setter made its row in it; a failed one's
+	# failure was recorded by it
+	my $same = $fail
+	  ? "SELECT j.xmin::text = x.xact::xid::text FROM jobq.jobs j, xacts_of_jobs x
+	      WHERE j.id = $s AND x.job_id = $r"
+	  : "SELECT count(DISTINCT xact) = 1 AND count(*) = 2 FROM xacts_of_jobs WHERE job_id IN ($s, $r)";
+	is($node->safe_psql('postgres', $same), 't', '... and they did run in one transaction');
+}
+
 is( $node->safe_psql(
 		'postgres',
 		q{SELECT pid, restarts, jobs_failed FROM jobq.components
 		   WHERE database = current_database() AND component = 'worker 0'}),
-	"$pid|0|3",
-	'worker 0 never restarted and counted the 3 timeouts as failures');
+	"$pid|0|5",
+	'worker 0 never restarted and counted the 3 timeouts and 2 failing setters as failures');
 
 $node->stop;
 done_testing();

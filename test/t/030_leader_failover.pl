@@ -146,7 +146,7 @@ ok( JobqTest::wait_until(
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($worker)");
 ok( $node->poll_query_until(
 		'postgres',
-		"SELECT state <> 'running' AND errors -> -1 ->> 'lost' = 'true' FROM jobq.jobs WHERE id = $long"),
+		"SELECT errors -> 0 ->> 'lost' = 'true' AND errors -> 0 ->> 'attempt' = '1' FROM jobq.jobs WHERE id = $long"),
 	'rescuer: the job of the terminated worker was given back');
 $node->safe_psql('postgres',
 	"SELECT jobq.cancel($long)");    # its next attempt would sleep again

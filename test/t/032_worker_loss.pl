@@ -227,6 +227,26 @@ is( $node->safe_psql('postgres', qq{
 like(slurp_file($node->logfile, $offset), qr/was terminated by signal 9: Killed/,
 	'the server log shows the SIGKILL');
 
+# --- a live worker's long job is never taken from it ---------------------
+# While it runs, another worker is terminated (the rescuer is woken) and
+# the leader is terminated (the new leader's rescuer runs at once).
+my $live = $node->safe_psql('postgres',
+	q{SELECT jobq.enqueue('tracked', '{"tag": "live", "sleep": 4, "sleep_attempts": 1}')});
+my $live_worker = wait_running_in_worker($live);
+my $other = $node->safe_psql('postgres', qq{
+	SELECT pid FROM jobq.components WHERE database = current_database()
+	   AND component LIKE 'worker%' AND pid IS NOT NULL AND pid <> $live_worker LIMIT 1});
+my $leader = $node->safe_psql('postgres',
+	q{SELECT pid FROM jobq.components WHERE database = current_database() AND component = 'leader'});
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($other), pg_terminate_backend($leader)");
+ok( $node->poll_query_until('postgres', qq{
+	SELECT count(*) = 1 FROM jobq.components
+	 WHERE database = current_database() AND component = 'leader' AND pid <> $leader}),
+	'a new leader took over while the long job runs');
+is(wait_job($node, $live), 'completed', 'the long job of the live worker completed');
+is($node->safe_psql('postgres', "SELECT attempt, errors FROM jobq.jobs WHERE id = $live"),
+	'1|[]', 'at its first attempt, never rescued');
+
 # --- nothing lost, nothing run twice --------------------------------------
 ok( $node->poll_query_until('postgres',
 		q{SELECT count(*) = 0 FROM jobq.jobs WHERE state NOT IN ('completed', 'discarded', 'cancelled')}),
@@ -234,10 +254,10 @@ ok( $node->poll_query_until('postgres',
 is( $node->safe_psql('postgres', q{
 	SELECT count(*) FILTER (WHERE state = 'completed'), count(*)
 	  FROM jobq.jobs}),
-	'74|74', 'all 74 jobs completed');
+	'75|75', 'all 75 jobs completed');
 is( $node->safe_psql('postgres', q{
 	SELECT count(*) FROM jobq.jobs j JOIN app.done d ON d.job_id = j.id AND d.attempt = j.attempt}),
-	'74', 'each job has exactly one committed run, from its last attempt');
+	'75', 'each job has exactly one committed run, from its last attempt');
 is( $node->safe_psql('postgres', q{
 	SELECT count(*) FROM jobq.jobs j, jsonb_array_elements(j.errors) e
 	 WHERE NOT coalesce((e ->> 'lost')::boolean, false)}),
@@ -255,7 +275,7 @@ for my $row (split /\n/, $node->safe_psql('postgres', q{SELECT id, errors FROM j
 	$errors_of->{$id} = decode_json($errors);
 }
 my ($nruns, @problems) = check_runs($offset, $errors_of);
-cmp_ok($nruns, '>=', 76, "$nruns handler runs found in the log");
+cmp_ok($nruns, '>=', 77, "$nruns handler runs found in the log");
 is(scalar(@problems), 0, 'no two runs of a job overlapped in time')
   or diag(join("\n", @problems));
 
