@@ -259,9 +259,10 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
 	RETURN false;
 END $$;
-SELECT CASE WHEN app.try_register(repeat('k', 200)) THEN jobq.enqueue(repeat('k', 200)) END AS id \gset
-SELECT CASE WHEN :'id' = '' THEN 'refused by register'
-			ELSE jobq.wait(nullif(:'id', '')::bigint, '60 s')::text END IN
+SELECT coalesce(CASE WHEN app.try_register(repeat('k', 200))
+					 THEN jobq.enqueue(repeat('k', 200)) END, 0) AS long_id \gset
+SELECT CASE WHEN :long_id = 0 THEN 'refused by register'
+			ELSE jobq.wait(:long_id, '60 s')::text END IN
 	   ('refused by register', 'completed') AS long_kind_ok;
 -- wait() on a final job returns at once, with or without a timeout
 SELECT jobq.wait(:id);

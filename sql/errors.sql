@@ -66,6 +66,8 @@ SELECT jobq.register(NULL, 'err.ok(jsonb)');
 SELECT err.check(:'SQLSTATE');
 SELECT jobq.register('', 'err.ok(jsonb)');
 SELECT err.check(:'SQLSTATE');
+SELECT jobq.register(repeat('k', 129), 'err.ok(jsonb)');
+SELECT err.check(:'SQLSTATE');
 SELECT jobq.register('k', NULL);
 SELECT err.check(:'SQLSTATE');
 SELECT jobq.register('k', 'err.missing(jsonb)');

@@ -37,7 +37,7 @@ COMMENT ON TABLE jobq.queues IS
 INSERT INTO jobq.queues (name, owner) VALUES ('default', current_user::regrole);
 
 CREATE TABLE jobq.handlers (
-	kind		text PRIMARY KEY CHECK (kind <> ''),
+	kind		text PRIMARY KEY CHECK (kind <> '' AND octet_length(kind) <= 128),
 	handler		regprocedure NOT NULL,
 	queue		text NOT NULL,
 	max_attempts integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 1000),
@@ -154,10 +154,6 @@ CREATE FUNCTION jobq._cron_next(cron text, after timestamptz) RETURNS timestampt
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'jobq_cron_next_sql';
 COMMENT ON FUNCTION jobq._cron_next(text, timestamptz) IS
 	'First fire time of a cron expression strictly after a moment; raises an error for a malformed expression';
-
-REVOKE ALL ON FUNCTION jobq._require_preload(), jobq._wake_workers_at_commit(integer),
-	jobq._wake_leader_at_commit(), jobq._jobs_finished_at_commit(),
-	jobq._config_changed() FROM PUBLIC;
 
 /* ---------------------------------------------------------------------
  * Validation shared by the API
@@ -365,6 +361,11 @@ DECLARE
 BEGIN
 	IF kind IS NULL OR kind = '' THEN
 		RAISE EXCEPTION 'job kind must not be null or empty' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(kind) > 128 THEN
+		RAISE EXCEPTION 'job kind is too long'
+			USING ERRCODE = 'string_data_right_truncation',
+				  DETAIL = format('A kind is at most 128 bytes; this one has %s.', octet_length(kind));
 	END IF;
 	IF handler IS NULL THEN
 		RAISE EXCEPTION 'handler must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -770,6 +771,8 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 				 OR j.kind = ANY (alone_kinds) AS alone
 		  FROM jobq.jobs j
 		 WHERE j.state = 'available' AND j.queue = _claim.queue
+		   AND NOT EXISTS (SELECT FROM jobq.queues q
+							WHERE q.name = _claim.queue AND q.paused)
 		 ORDER BY j.priority, j.scheduled_at, j.id
 		 LIMIT max_jobs
 		 FOR UPDATE SKIP LOCKED),
@@ -789,7 +792,6 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 	SELECT c.id, c.kind, c.args, c.owner::oid, c.attempt, c.max_attempts, c.alone
 	  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id
 $$;
-REVOKE ALL ON FUNCTION jobq._claim(bigint, text, bigint, text[], integer) FROM PUBLIC;
 
 /* ---------------------------------------------------------------------
  * Waiting and introspection
@@ -858,3 +860,21 @@ SELECT q.name AS queue,
 COMMENT ON VIEW jobq.queue_stats IS
 	'Per queue: jobs per state, lag (age of the oldest available job), jobs finished in the last minute';
 GRANT SELECT ON jobq.queue_stats TO PUBLIC;
+
+/*
+ * Internal functions take the caller as an argument and run as the
+ * extension's owner: only the public API may call them.  The pure helpers
+ * stay callable: views and current_job() run them as the caller.
+ */
+DO $$
+DECLARE
+	f regprocedure;
+BEGIN
+	FOR f IN
+		SELECT p.oid FROM pg_proc p
+		 WHERE p.pronamespace = 'jobq'::regnamespace AND p.proname LIKE '\_%'
+		   AND p.proname NOT IN ('_cron_next', '_backoff', '_current_job_id', '_components')
+	LOOP
+		EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+	END LOOP;
+END $$;

@@ -71,6 +71,25 @@ cron_error(const char *expr, const char *detail)
 			 errhint("Use five fields: minute hour day-of-month month day-of-week, as in \"*/5 * * * *\".")));
 }
 
+/*
+ * Reads the digits at *p; advances *p.  A number too large for any field
+ * is returned as PG_INT32_MAX, its text in *text for the error message.
+ */
+static int
+read_number(const char **p, char **text)
+{
+	const char *start = *p;
+	long		v = 0;
+
+	while (isdigit((unsigned char) **p))
+	{
+		v = Min(v * 10 + (**p - '0'), (long) PG_INT32_MAX);
+		(*p)++;
+	}
+	*text = pnstrdup(start, *p - start);
+	return (int) v;
+}
+
 /* Reads a number or a name at *p; advances *p. */
 static int
 read_value(const char *expr, const CronField *f, const char **p)
@@ -79,20 +98,14 @@ read_value(const char *expr, const CronField *f, const char **p)
 
 	if (isdigit((unsigned char) *s))
 	{
-		long		v = 0;
+		char	   *text;
+		int			v = read_number(&s, &text);
 
-		while (isdigit((unsigned char) *s))
-		{
-			v = v * 10 + (*s - '0');
-			if (v > 1000)
-				break;
-			s++;
-		}
 		if (v < f->min || v > f->max)
-			cron_error(expr, psprintf("%ld is out of range for the %s field (%d-%d).",
-									  v, f->name, f->min, f->max));
+			cron_error(expr, psprintf("%s is out of range for the %s field (%d-%d).",
+									  text, f->name, f->min, f->max));
 		*p = s;
-		return (int) v;
+		return v;
 	}
 	if (f->names != NULL && isalpha((unsigned char) *s))
 	{
@@ -109,14 +122,18 @@ read_value(const char *expr, const CronField *f, const char **p)
 	cron_error(expr, psprintf("The %s field has an unexpected \"%s\".", f->name, s));
 }
 
-/* Parses one field into a bit set; sets *restricted unless it is '*'. */
+/*
+ * Parses one field into a bit set.  As in Vixie cron, a field that starts
+ * with a star (a step over all days, too) leaves the day unrestricted for
+ * the day-of-month or day-of-week rule.
+ */
 static uint64
 parse_field(const char *expr, const CronField *f, const char *text, bool *restricted)
 {
 	uint64		bits = 0;
 	const char *p = text;
 
-	*restricted = strcmp(text, "*") != 0;
+	*restricted = text[0] != '*';
 	for (;;)
 	{
 		int			lo;
@@ -146,16 +163,14 @@ parse_field(const char *expr, const CronField *f, const char *text, bool *restri
 		}
 		if (*p == '/')
 		{
-			long		v = 0;
+			char	   *text;
 
 			p++;
 			if (!isdigit((unsigned char) *p))
 				cron_error(expr, psprintf("The %s field has a step without a number.", f->name));
-			while (isdigit((unsigned char) *p) && v <= 1000)
-				v = v * 10 + (*p++ - '0');
-			if (v < 1 || v > f->max)
-				cron_error(expr, psprintf("The step %ld of the %s field is out of range.", v, f->name));
-			step = (int) v;
+			step = read_number(&p, &text);
+			if (step < 1 || step > f->max)
+				cron_error(expr, psprintf("The step %s of the %s field is out of range.", text, f->name));
 		}
 		for (int v = lo; v <= hi; v += step)
 			bits |= UINT64CONST(1) << v;
@@ -196,9 +211,13 @@ parse_cron(const char *expr, CronSchedule *sched)
 	if (*text == '@')
 	{
 		const char *found = NULL;
+		size_t		len = strcspn(text, " \t");
 
+		if (text[len + strspn(text + len, " \t")] != '\0')
+			cron_error(expr, "An @ shorthand stands alone.");
 		for (int i = 0; i < lengthof(macros); i++)
-			if (pg_strcasecmp(text, macros[i].name) == 0)
+			if (strlen(macros[i].name) == len &&
+				pg_strncasecmp(text, macros[i].name, len) == 0)
 				found = macros[i].expansion;
 		if (found == NULL)
 			cron_error(expr, "Unknown @ shorthand; known are @yearly, @annually, @monthly, @weekly, @daily, @midnight and @hourly.");

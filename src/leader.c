@@ -14,14 +14,16 @@
  * Leader lifecycle (every transition is logged):
  *
  *	candidate --lock--> starting --all services started--> leading
- *	   ^                  |  \--a start failed: stop all, back off 1,2,4,8 s--> starting
+ *	   ^                  |  \--a start failed: that service backs off
+ *	   |                  |     1,2,4,8 s while the started ones run--> starting
  *	   |                  \--still failing after the 4th backoff--> resign
  *	   +---- cool-down (jobq.leader_cooldown) <---- resign <---- leading
  *	                                   (a service failing 5 cycles in a row)
  *
- * A leader never holds the lock with its services down: it either gets
- * them all running or resigns.  Every started service is stopped on every
- * path out of leadership.  Leaders never run user code; each cycle they
+ * A leader never holds the lock with its services stopped: each is running
+ * or, for at most 15 s, retrying its start (shown "backoff"); then the
+ * leader gets them all running or resigns.  Every started service is
+ * stopped on every path out of leadership.  Leaders never run user code; each cycle they
  * check that they still hold the lock before acting.
  *
  *-------------------------------------------------------------------------
@@ -46,8 +48,9 @@ typedef struct ServiceRun
 	const JobqServiceDef *def;
 	JobqComponent *slot;
 	bool		started;
-	int			failures;
-	TimestampTz next_run;
+	int			start_attempts; /* failed starts in a row */
+	int			failures;		/* failed cycles in a row */
+	TimestampTz next_run;		/* next cycle, or next start attempt */
 } ServiceRun;
 
 static const JobqServiceDef *const service_defs[JOBQ_NUM_SERVICES] = {
@@ -185,6 +188,8 @@ stop_services(void)
 		if (s->started)
 			s->def->stop();
 		s->started = false;
+		s->start_attempts = 0;
+		s->next_run = 0;
 		SpinLockAcquire(&s->slot->mutex);
 		state = s->slot->state;
 		SpinLockRelease(&s->slot->mutex);
@@ -194,61 +199,56 @@ stop_services(void)
 }
 
 /*
- * Starts every service, all or nothing, retrying after 1, 2, 4 and 8 s.
- * Returns false if they could not all be started; then all are stopped.
+ * Starts the services due to start: all at first, then each failed one
+ * again after 1, 2, 4 and 8 s while the started ones keep running.
+ * Returns false once a service failed its last attempt.
  */
 static bool
-start_services(void)
+start_due_services(void)
 {
 	static bool ever_started[JOBQ_NUM_SERVICES];
 
-	for (int attempt = 1; attempt <= START_ATTEMPTS; attempt++)
+	for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
 	{
-		ServiceRun *failed = NULL;
-		int			delay = jobq_restart_backoff_ms(attempt);
+		ServiceRun *s = &services[i];
+		const char *name = jobq_service_name(s->def->kind);
+		int			delay;
 
-		for (int i = 0; i < JOBQ_NUM_SERVICES && failed == NULL; i++)
+		if (s->started || GetCurrentTimestamp() < s->next_run)
+			continue;
+		service_slot_set(s->slot, JOBQ_STARTING, !ever_started[i]);
+		ever_started[i] = true;
+		if (in_transaction(s->slot, "jobq leader: starting a service", start_one, s))
 		{
-			ServiceRun *s = &services[i];
-
-			service_slot_set(s->slot, JOBQ_STARTING, !ever_started[i]);
-			ever_started[i] = true;
-			if (in_transaction(s->slot, "jobq leader: starting a service", start_one, s))
-				s->started = true;
-			else
-				failed = s;
-		}
-		if (failed == NULL)
-		{
-			TimestampTz now = GetCurrentTimestamp();
-
-			for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
-			{
-				services[i].failures = 0;
-				services[i].next_run = now;
-				service_slot_set(services[i].slot, JOBQ_RUNNING, true);
-			}
-			return true;
+			if (s->start_attempts > 0)
+				ereport(LOG,
+						(errmsg("jobq leader of database \"%s\" started its %s at attempt %d",
+								jobq_process_database(), name, s->start_attempts + 1)));
+			s->started = true;
+			s->start_attempts = 0;
+			s->failures = 0;
+			s->next_run = GetCurrentTimestamp();
+			service_slot_set(s->slot, JOBQ_RUNNING, true);
+			continue;
 		}
 
-		/* matching stops for what did start, then back off */
-		stop_services();
-		service_slot_set(failed->slot,
-						 attempt == START_ATTEMPTS ? JOBQ_FAILED : JOBQ_BACKOFF, false);
-		if (attempt == START_ATTEMPTS)
+		s->start_attempts++;
+		if (s->start_attempts == START_ATTEMPTS)
 		{
+			service_slot_set(s->slot, JOBQ_FAILED, false);
 			ereport(LOG,
 					(errmsg("jobq leader of database \"%s\" could not start its %s after %d attempts",
-							jobq_process_database(), jobq_service_name(failed->def->kind), attempt)));
+							jobq_process_database(), name, s->start_attempts)));
 			return false;
 		}
+		delay = jobq_restart_backoff_ms(s->start_attempts);
+		service_slot_set(s->slot, JOBQ_BACKOFF, false);
 		ereport(LOG,
 				(errmsg("jobq leader of database \"%s\" could not start its %s (attempt %d of %d); retrying in %d ms",
-						jobq_process_database(), jobq_service_name(failed->def->kind),
-						attempt, START_ATTEMPTS, delay)));
-		jobq_process_sleep(delay);
+						jobq_process_database(), name, s->start_attempts, START_ATTEMPTS, delay)));
+		s->next_run = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 	}
-	return false;
+	return true;
 }
 
 static void
@@ -269,7 +269,7 @@ run_due_services(void)
 		const char *name = jobq_service_name(s->def->kind);
 		char		activity[64];
 
-		if (GetCurrentTimestamp() < s->next_run)
+		if (!s->started || GetCurrentTimestamp() < s->next_run)
 			continue;
 
 		snprintf(activity, sizeof(activity), "jobq leader: %s", name);
@@ -326,11 +326,12 @@ note_wake_up(void)
 	uint32		lost = pg_atomic_read_u32(&JobqShared->databases[me->db_index].lost_workers);
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (services[JOBQ_SCHEDULER].failures == 0)
+	if (services[JOBQ_SCHEDULER].started && services[JOBQ_SCHEDULER].failures == 0)
 		services[JOBQ_SCHEDULER].next_run = now;
-	if (services[JOBQ_PERIODIC].failures == 0)
+	if (services[JOBQ_PERIODIC].started && services[JOBQ_PERIODIC].failures == 0)
 		services[JOBQ_PERIODIC].next_run = now;
-	if (lost != seen_lost_workers && services[JOBQ_RESCUER].failures == 0)
+	if (lost != seen_lost_workers && services[JOBQ_RESCUER].started &&
+		services[JOBQ_RESCUER].failures == 0)
 	{
 		seen_lost_workers = lost;
 		services[JOBQ_RESCUER].next_run = now;
@@ -359,12 +360,6 @@ lead(void)
 	set_leader(true);
 	seen_lost_workers = pg_atomic_read_u32(&JobqShared->databases[me->db_index].lost_workers);
 
-	if (!start_services())
-	{
-		resign("its services could not start");
-		return jobq_leader_cooldown_ms;
-	}
-
 	for (;;)
 	{
 		jobq_process_handle_interrupts();
@@ -376,6 +371,11 @@ lead(void)
 			ereport(LOG,
 					(errmsg("jobq leader of database \"%s\" lost its lock", jobq_process_database())));
 			return 0;
+		}
+		if (!start_due_services())
+		{
+			resign("its services could not start");
+			return jobq_leader_cooldown_ms;
 		}
 		if (!run_due_services())
 		{

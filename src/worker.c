@@ -187,7 +187,7 @@ prepare_plans(void)
 
 	if (claim_plan != NULL)
 		return;
-	claim_plan = jobq_prepare(CLAIM_SQL, 3, claim_types);
+	claim_plan = jobq_prepare(CLAIM_SQL, lengthof(claim_types), claim_types);
 	complete_plan = jobq_prepare(COMPLETE_SQL, 3, complete_types);
 	fail_plan = jobq_prepare(FAIL_SQL, 8, fail_types);
 	lock_queue_plan = jobq_prepare(LOCK_QUEUE_SQL, 1, queue_types);
@@ -284,13 +284,10 @@ load_queues(void)
 
 /* Reloads kinds and queues when jobq.handlers or jobq.queues changed. */
 static void
-refresh_caches(void)
+refresh_caches(uint64 generation)
 {
-	uint64		generation = pg_atomic_read_u64(&JobqShared->config_generation);
-
 	if (generation == cached_generation)
 		return;
-	/* read first: a change committing meanwhile bumps it again */
 	cached_generation = generation;
 	if (kinds != NULL)
 	{
@@ -476,6 +473,12 @@ claim_jobs(ClaimedJob **jobs_out)
 	int			start;
 	bool		claimed_alone = false;
 
+	/*
+	 * Read before the snapshot: a change is visible before its commit bumps
+	 * the generation, so one committing later is caught next time.
+	 */
+	uint64		generation = pg_atomic_read_u64(&JobqShared->config_generation);
+
 	jobq_xact_begin("jobq worker: claiming jobs");
 	if (!jobq_extension_present())
 	{
@@ -483,7 +486,7 @@ claim_jobs(ClaimedJob **jobs_out)
 		jobq_process_exit_if_extension_gone(me);
 	}
 	prepare_plans();
-	refresh_caches();
+	refresh_caches(generation);
 
 	start = nqueues > 0 ? (int) (queue_rotor++ % (uint32) nqueues) : 0;
 	for (int i = 0; i < nqueues && n < capacity; i++)
