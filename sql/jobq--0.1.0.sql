@@ -157,10 +157,14 @@ COMMENT ON FUNCTION jobq._cron_next(text, timestamptz) IS
 
 /* ---------------------------------------------------------------------
  * Validation shared by the API
+ *
+ * Helpers called only from the internal functions (not executable by
+ * PUBLIC) run under their caller's safe search_path; a SET clause of their
+ * own would cost a GUC save and restore on every enqueue.
  * --------------------------------------------------------------------- */
 
 CREATE FUNCTION jobq._check_member(caller regrole, owner regrole, what text)
-RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql STABLE AS $$
 BEGIN
 	IF NOT pg_has_role(caller, owner, 'USAGE') THEN
 		RAISE EXCEPTION 'permission denied for %', what
@@ -170,7 +174,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION jobq._check_queue(queue text) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
 	IF queue IS NULL THEN
 		RAISE EXCEPTION 'queue must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -215,7 +219,7 @@ END $$;
 
 /* The registration of a kind, or an error naming the problem. */
 CREATE FUNCTION jobq._handler_of(kind text) RETURNS jobq.handlers
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
 	h jobq.handlers;
 BEGIN
@@ -266,7 +270,7 @@ COMMENT ON FUNCTION jobq.create_queue(text, integer) IS
 /* Changes a queue the caller owns; returns the updated row. */
 CREATE FUNCTION jobq._alter_queue(caller regrole, queue text, paused boolean,
 								  set_concurrency boolean, concurrency integer)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
 	q jobq.queues;
 BEGIN
@@ -469,7 +473,7 @@ CREATE TYPE jobq._new_job AS (
 
 CREATE FUNCTION jobq._new_job(kind text, run_at timestamptz, queue text,
 							  priority integer, max_attempts integer)
-RETURNS jobq._new_job LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS jobq._new_job LANGUAGE plpgsql STABLE AS $$
 DECLARE
 	h jobq.handlers;
 	j jobq._new_job;
@@ -625,7 +629,7 @@ COMMENT ON FUNCTION jobq.enqueue_trigger() IS
 
 /* A job the caller may change, locked, or an error. */
 CREATE FUNCTION jobq._job_for_change(caller regrole, id bigint) RETURNS jobq.jobs
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
 	j jobq.jobs;
 BEGIN
