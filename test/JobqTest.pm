@@ -15,7 +15,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(jobq_node jobq_install jobq_handlers wait_ready wait_job
-  wait_until component_pid);
+  wait_until component_pid wait_both_candidates set_workers);
 
 # Seconds any single wait may take before a test fails (CI machines are slow).
 our $TIMEOUT = 120;
@@ -87,6 +87,31 @@ sub component_pid
 	return $node->safe_psql($db,
 		"SELECT coalesce(pid::text, '') FROM jobq.components "
 		  . "WHERE database = current_database() AND component = '$component'");
+}
+
+# Both leader candidates of database postgres run (one of them leads) and
+# jobq is ready there.
+sub wait_both_candidates
+{
+	my ($node) = @_;
+	ok( $node->poll_query_until(
+			'postgres', q{
+		SELECT count(*) = 2 FROM jobq.components
+		 WHERE database = current_database()
+		   AND component ~ '^(leader|candidate)' AND pid IS NOT NULL AND state = 'running'}),
+		'both candidates run');
+	ok(wait_ready($node), 'jobq is ready');
+}
+
+# Sets jobq.workers by ALTER SYSTEM and reload; returns the log offset from
+# before the change, once the server has logged it.
+sub set_workers
+{
+	my ($node, $n) = @_;
+	my $offset = -s $node->logfile;
+	$node->safe_psql('postgres', "ALTER SYSTEM SET jobq.workers = $n; SELECT pg_reload_conf();");
+	$node->wait_for_log(qr/parameter "jobq.workers" changed to "$n"/, $offset);
+	return $offset;
 }
 
 # Test handlers in schema app, for role $role (default: the superuser):

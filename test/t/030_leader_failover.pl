@@ -64,32 +64,14 @@ BEGIN
 END \$\$;
 });
 
-sub leader_pid
-{
-	return $node->safe_psql('postgres',
-		q{SELECT pid FROM jobq.components WHERE database = current_database() AND component = 'leader'});
-}
-
-# Both candidates run (one of them leads) and everything is ready.
-sub wait_both_candidates
-{
-	ok( $node->poll_query_until(
-			'postgres', q{
-		SELECT count(*) = 2 FROM jobq.components
-		 WHERE database = current_database()
-		   AND component ~ '^(leader|candidate)' AND pid IS NOT NULL AND state = 'running'}),
-		'both candidates are running');
-	ok(wait_ready($node), 'jobq is ready');
-}
-
 # --- single-leader failovers, measured ----------------------------------
 my @ready_ms;
 my @elected_ms;
 my $rounds = 5;
 for my $round (1 .. $rounds)
 {
-	wait_both_candidates();
-	my $old = leader_pid();
+	wait_both_candidates($node);
+	my $old = component_pid($node, 'leader');
 	like($old, qr/^\d+$/, "round $round: a leader runs (pid $old)");
 	is($node->safe_psql('postgres', "SELECT t.leader_ready($old)"),
 		't', "round $round: it holds the leader lock and its services run");
@@ -122,8 +104,8 @@ note($sorted[-1] <= 2000
 	: 'SOME FAILOVER EXCEEDED THE 2 s REQUIREMENT');
 
 # --- the new leader's services all work ---------------------------------
-wait_both_candidates();
-my $leader = leader_pid();
+wait_both_candidates($node);
+my $leader = component_pid($node, 'leader');
 
 # scheduler: a job scheduled in the future runs when due
 my $sched = $node->safe_psql('postgres',
@@ -174,10 +156,10 @@ SELECT pg_reload_conf();
 UPDATE jobq.jobs SET finalized_at = now() - interval '2 h' WHERE id = } . $sched);
 ok($node->poll_query_until('postgres', "SELECT NOT EXISTS (SELECT FROM jobq.jobs WHERE id = $sched)"),
 	'cleaner: the old completed job was deleted');
-is(leader_pid(), $leader, 'the same leader did all of that');
+is(component_pid($node, 'leader'), $leader, 'the same leader did all of that');
 
 # --- every candidate terminated at once ---------------------------------
-wait_both_candidates();
+wait_both_candidates($node);
 my $cands = $node->safe_psql('postgres',
 	q{SELECT string_agg(pid::text, ',') FROM jobq.components
 	   WHERE database = current_database() AND component ~ '^(leader|candidate)'});

@@ -23,23 +23,6 @@ ok($first > $now && $first <= $now + 60 && $first % 60 == 0,
 
 my $session = $node->background_psql('postgres');
 
-sub leader_pid
-{
-	return $node->safe_psql('postgres',
-		q{SELECT pid FROM jobq.components WHERE database = current_database() AND component = 'leader'});
-}
-
-sub wait_both_candidates
-{
-	ok( $node->poll_query_until(
-			'postgres', q{
-		SELECT count(*) = 2 FROM jobq.components
-		 WHERE database = current_database()
-		   AND component ~ '^(leader|candidate)' AND pid IS NOT NULL AND state = 'running'}),
-		'both candidates run');
-	ok(wait_ready($node), 'jobq is ready');
-}
-
 sub key_of { return "jobq.schedule:tick:$_[0]" }
 
 # Sets the next fire time to $fire (epoch) and wakes the leader.
@@ -72,8 +55,8 @@ sub wait_fired
 my @rounds;
 for my $delta (-100, -10, 0, 10, 100)
 {
-	wait_both_candidates();
-	my $leader = leader_pid();
+	wait_both_candidates($node);
+	my $leader = component_pid($node, 'leader');
 	# the next whole second at least 300 ms away, never a whole minute (the
 	# schedule's own fire times)
 	my $fire = int(time + 0.3) + 1;
@@ -96,9 +79,9 @@ for my $delta (-100, -10, 0, 10, 100)
 }
 
 # Made due and the leader killed straight away, in one go.
-wait_both_candidates();
+wait_both_candidates($node);
 {
-	my $leader = leader_pid();
+	my $leader = component_pid($node, 'leader');
 	my $fire = $session->query_safe(qq{
 	BEGIN;
 	UPDATE jobq.schedules SET next_fire_at = date_trunc('second', now()) WHERE name = 'tick'

@@ -25,15 +25,6 @@ sub ready
 	return $node->safe_psql('postgres', "SELECT jobq.wait_ready('$timeout')");
 }
 
-sub set_workers
-{
-	my ($n) = @_;
-	my $offset = -s $node->logfile;
-	$node->safe_psql('postgres', "ALTER SYSTEM SET jobq.workers = $n; SELECT pg_reload_conf();");
-	$node->wait_for_log(qr/parameter "jobq.workers" changed to "$n"/, $offset);
-	return $offset;
-}
-
 sub workers_running
 {
 	return $node->safe_psql('postgres', q{
@@ -44,7 +35,7 @@ sub workers_running
 is(ready('1 s'), 't', 'ready with 4 workers in 8 slots');
 
 # 10 workers are wanted (capped at max_worker_processes = 8): 8 + 2 + 1 > 8.
-my $offset = set_workers(10);
+my $offset = set_workers($node, 10);
 $node->wait_for_log(
 	qr/jobq could not start worker \d for database "postgres": no free background worker slot/, $offset);
 ok(1, 'the launcher warns that it has no free background worker slot');
@@ -68,7 +59,7 @@ is( $node->safe_psql('postgres', q{
 	$down, 'every worker without a process is shown so');
 
 # Back to 4: the extra workers leave and everything is ready again.
-set_workers(4);
+set_workers($node, 4);
 is(ready("$JobqTest::TIMEOUT s"), 't', 'wait_ready is true once jobq.workers fits again');
 ok($node->poll_query_until('postgres', q{
 	SELECT count(*) = 4 FROM pg_stat_activity WHERE backend_type = 'jobq worker' AND datname = current_database()}),

@@ -38,19 +38,10 @@ sub wait_pool
 	return $got;
 }
 
-sub set_workers
-{
-	my ($n) = @_;
-	my $offset = -s $node->logfile;
-	$node->safe_psql('postgres', "ALTER SYSTEM SET jobq.workers = $n; SELECT pg_reload_conf();");
-	$node->wait_for_log(qr/parameter "jobq.workers" changed to "$n"/, $offset);
-	return $offset;
-}
-
 is(pool(), '2 2', 'starts with 2 workers');
 
 # Grow.
-my $offset = set_workers(4);
+my $offset = set_workers($node, 4);
 is(wait_pool(4), '4 4', 'grew to 4 workers (pg_stat_activity and jobq.components)');
 ok(wait_ready($node), 'ready with 4 workers');
 $node->wait_for_log(qr/jobq worker 3 started in database "postgres"/, $offset);
@@ -77,7 +68,7 @@ is( $node->safe_psql('postgres', q{
 	 WHERE database = current_database() AND component LIKE 'worker %' AND state = 'busy' AND job_id IS NOT NULL}),
 	'4', 'jobq.components shows the 4 workers busy with their job');
 
-$offset = set_workers(1);
+$offset = set_workers($node, 1);
 is( $node->safe_psql('postgres', qq{
 	SELECT count(*) FROM jobq.jobs WHERE id IN ($ids) AND state = 'running'}),
 	'4', 'the reload arrived while the jobs were still running');
@@ -119,7 +110,7 @@ my $id = $node->safe_psql('postgres', q{SELECT jobq.enqueue('effect', '{"n": 9}'
 is(wait_job($node, $id), 'completed', 'the remaining worker runs jobs');
 
 # And grow again.
-set_workers(3);
+set_workers($node, 3);
 is(wait_pool(3), '3 3', 'grew back to 3 workers');
 ok(wait_ready($node), 'ready with 3 workers');
 
