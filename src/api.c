@@ -47,6 +47,7 @@ trampoline_target(FmgrInfo *flinfo)
 	HeapTuple	tp = SearchSysCache1(PROCOID, ObjectIdGetDatum(flinfo->fn_oid));
 	Form_pg_proc proc;
 	Oid			argtypes[FUNC_MAX_ARGS];
+	char	   *schema;
 	char	   *internal_name;
 	List	   *qualified;
 	Oid			internal;
@@ -59,9 +60,9 @@ trampoline_target(FmgrInfo *flinfo)
 		elog(ERROR, "jobq function %u has too many arguments", flinfo->fn_oid);
 	argtypes[0] = REGROLEOID;
 	memcpy(&argtypes[1], proc->proargtypes.values, proc->pronargs * sizeof(Oid));
+	schema = get_namespace_name(proc->pronamespace);
 	internal_name = psprintf("_%s", NameStr(proc->proname));
-	qualified = list_make2(makeString(get_namespace_name(proc->pronamespace)),
-						   makeString(internal_name));
+	qualified = list_make2(makeString(schema), makeString(internal_name));
 	internal = LookupFuncName(qualified, proc->pronargs + 1, argtypes, false);
 	ReleaseSysCache(tp);
 
@@ -85,7 +86,7 @@ jobq_call_as_owner(PG_FUNCTION_ARGS)
 	Oid			caller = GetUserId();
 	Oid			save_userid;
 	int			save_sec_context;
-	Datum		result;
+	Datum		result = (Datum) 0;
 
 	jobq_require_preload();
 	if (target == NULL)
@@ -169,7 +170,7 @@ jobq_wait(PG_FUNCTION_ARGS)
 	SPIPlanPtr	plan;
 	Datum		values[1];
 	char	   *state = NULL;
-	Datum		result;
+	Datum		result = (Datum) 0;
 
 	jobq_require_preload();
 	if (PG_ARGISNULL(0))

@@ -23,8 +23,8 @@
  * A leader never holds the lock with its services stopped: each is running
  * or, for at most 15 s, retrying its start (shown "backoff"); then the
  * leader gets them all running or resigns.  Every started service is
- * stopped on every path out of leadership.  Leaders never run user code; each cycle they
- * check that they still hold the lock before acting.
+ * stopped on every path out of leadership.  Leaders never run user code;
+ * each cycle they check that they still hold the lock before acting.
  *
  *-------------------------------------------------------------------------
  */

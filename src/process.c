@@ -207,7 +207,7 @@ SPIPlanPtr
 jobq_prepare(const char *sql, int nargs, Oid *argtypes)
 {
 	OverrideSearchPath *path = GetOverrideSearchPath(CurrentMemoryContext);
-	SPIPlanPtr	plan;
+	SPIPlanPtr	plan = NULL;
 
 	path->schemas = NIL;
 	path->addCatalog = true;
