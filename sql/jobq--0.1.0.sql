@@ -762,13 +762,17 @@ COMMENT ON FUNCTION jobq.unschedule(text) IS 'Removes a schedule; false if there
  * of alone_kinds (procedures) -- is claimed at most max_alone (0 or 1) at a
  * time: if it kills its worker again, it must not take the attempts of
  * other such jobs claimed with it.  Locked rows not claimed are released at
- * commit.
+ * commit.  (PL/pgSQL keeps the plan across calls; a SQL function would be
+ * planned again on every claim.)
  */
 CREATE FUNCTION jobq._claim(worker bigint, queue text, max_jobs bigint,
 							alone_kinds text[], max_alone integer)
 RETURNS TABLE (id bigint, kind text, args jsonb, owner oid, attempt integer,
 			   max_attempts integer, alone boolean)
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+	RETURN QUERY
 	WITH locked AS MATERIALIZED (
 		SELECT j.id, j.priority, j.scheduled_at,
 			   coalesce((j.errors -> -1 ->> 'lost')::boolean, false)
@@ -794,8 +798,8 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 		RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts,
 				  j.priority, j.scheduled_at, picked.alone)
 	SELECT c.id, c.kind, c.args, c.owner::oid, c.attempt, c.max_attempts, c.alone
-	  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id
-$$;
+	  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id;
+END $$;
 
 /* ---------------------------------------------------------------------
  * Waiting and introspection
