@@ -149,7 +149,7 @@ CREATE FUNCTION jobq._backoff(attempt integer, backoff_max interval) RETURNS int
 COMMENT ON FUNCTION jobq._backoff(integer, interval) IS
 	'Delay before the next attempt after attempt failed: attempt^4 seconds plus up to 10% jitter, at most backoff_max';
 CREATE FUNCTION jobq._current_job_id() RETURNS bigint
-	LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_current_job_id_sql';
+	LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'jobq_current_job_id_sql';
 CREATE FUNCTION jobq._cron_next(cron text, after timestamptz) RETURNS timestamptz
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'jobq_cron_next_sql';
 COMMENT ON FUNCTION jobq._cron_next(text, timestamptz) IS
@@ -815,10 +815,15 @@ RETURNS boolean LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_wait_ready';
 COMMENT ON FUNCTION jobq.wait_ready(interval) IS
 	'Waits until this database''s workers, leader and leader services run; false at the timeout';
 
+/* PL/pgSQL keeps the plan; a SQL function would be planned on every call. */
 CREATE FUNCTION jobq.current_job() RETURNS jobq.jobs
-LANGUAGE sql STABLE AS $$
-	SELECT * FROM jobq.jobs WHERE id = jobq._current_job_id()
-$$;
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+	job jobq.jobs;
+BEGIN
+	SELECT * INTO job FROM jobq.jobs WHERE id = jobq._current_job_id();
+	RETURN job;
+END $$;
 COMMENT ON FUNCTION jobq.current_job() IS
 	'Inside a handler: the job being run (NULL elsewhere)';
 

@@ -8,9 +8,10 @@
 #   - enqueue: single-row jobq.enqueue() from 4 clients, and enqueue_many()
 #     of 1000 jobs per call, against a baseline of plain single-row INSERTs
 #     from 4 clients into a table of the same shape;
-#   - drain: 20,000 no-op jobs with 1, 2 and 4 workers, against a baseline
-#     of the ideal one-transaction-per-job SQL claim-and-delete (DELETE ...
-#     FOR UPDATE SKIP LOCKED) from 4 clients;
+#   - drain: 20,000 no-op jobs with 1, 2 and 4 workers, and 20,000 jobs
+#     whose handler calls jobq.current_job() with 1 worker, against a
+#     baseline of the ideal one-transaction-per-job SQL claim-and-delete
+#     (DELETE ... FOR UPDATE SKIP LOCKED) from 4 clients;
 #   - latency: from just before the COMMIT of an enqueue to the start of the
 #     handler, with idle workers, p50 and p99 over 200 jobs.
 # Figures depend on the machine and on what else runs on it: compare the
@@ -40,6 +41,12 @@ cluster_psql >/dev/null <<'SQL'
 CREATE EXTENSION jobq;
 CREATE FUNCTION noop(args jsonb) RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$;
 SELECT jobq.register('noop', 'noop(jsonb)');
+-- a handler that looks itself up, as many real handlers do
+CREATE FUNCTION whoami(args jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+	RETURN (jobq.current_job()).id;
+END $$;
+SELECT jobq.register('whoami', 'whoami(jsonb)');
 
 -- latency: the handler notes when it started
 CREATE TABLE bench_started (job_id bigint PRIMARY KEY, at timestamptz);
@@ -99,13 +106,14 @@ reset_jobs() {
 	cluster_psql -c "SELECT jobq.pause('default')" -c "TRUNCATE jobq.jobs" >/dev/null
 }
 
-# Enqueues JOBS no-op jobs (queue paused), runs them with $1 workers and
-# prints jobs/s from the resume to the last completion (server clock).
+# Enqueues JOBS jobs of kind $2 (default noop; queue paused), runs them with
+# $1 workers and prints jobs/s from the resume to the last completion
+# (server clock).
 drain() {
-	local workers=$1
+	local workers=$1 kind=${2:-noop}
 	reset_jobs
 	cluster_psql -c "ALTER SYSTEM SET jobq.workers = $workers" -c "SELECT pg_reload_conf()" >/dev/null
-	cluster_psql -c "SELECT jobq.enqueue_many('noop', array_fill('{}'::jsonb, ARRAY[1000])) FROM generate_series(1, $JOBS / 1000)" >/dev/null
+	cluster_psql -c "SELECT jobq.enqueue_many('$kind', array_fill('{}'::jsonb, ARRAY[1000])) FROM generate_series(1, $JOBS / 1000)" >/dev/null
 	# the pool has exactly $workers workers before the clock starts
 	until [ "$(cluster_psql -At -c "SELECT count(*) FROM jobq.components WHERE component LIKE 'worker%' AND pid IS NOT NULL")" = "$workers" ]; do
 		sleep 0.1
@@ -136,6 +144,7 @@ for run in $(seq "$RUNS"); do
 	for w in 1 2 4; do
 		result[drain$w]+="$(drain $w) "
 	done
+	result[whoami]+="$(drain 1 whoami) "
 done
 reset_jobs
 cluster_psql -c "SELECT jobq.resume('default')" >/dev/null
@@ -151,6 +160,7 @@ printf "%-52s %10s\n" "baseline: SQL claim-and-delete, 1 per xact, $CLIENTS clie
 for w in 1 2 4; do
 	printf "%-52s %10s %10s\n" "drain $JOBS no-op jobs, $w worker(s)" "$(m drain$w)" "$(ratio "$(m drain$w)" "$(m claim_delete)")"
 done
+printf "%-52s %10s %10s\n" "drain $JOBS jobs calling current_job(), 1 worker" "$(m whoami)" "$(ratio "$(m whoami)" "$(m claim_delete)")"
 
 # latency with idle workers
 cluster_psql -c "ALTER SYSTEM SET jobq.workers = 4" -c "SELECT pg_reload_conf()" >/dev/null
