@@ -174,6 +174,10 @@ SELECT state, (result->>'id')::bigint = :id AS same_id,
   FROM jobq.jobs WHERE id = :id;
 -- outside a handler it is NULL
 SELECT (jobq.current_job()).id IS NULL AS no_current_job;
+-- it finds the job through the primary key, not by scanning every job
+SET enable_seqscan = off;
+EXPLAIN (COSTS OFF) SELECT * FROM jobq.jobs WHERE id = jobq._current_job_id();
+RESET enable_seqscan;
 -- a failing handler: its effects are rolled back and the error recorded
 SELECT jobq.enqueue('fail', '{"n": 3}') AS id \gset
 SELECT jobq.wait(:id, '60 s');
