@@ -181,7 +181,8 @@ RESET enable_seqscan;
 -- a failing handler: its effects are rolled back and the error recorded
 SELECT jobq.enqueue('fail', '{"n": 3}') AS id \gset
 SELECT jobq.wait(:id, '60 s');
-SELECT state, attempt, max_attempts, finalized_at IS NOT NULL AS finalized, result,
+SELECT state, attempt, max_attempts,
+	   finalized_at = (errors->-1->>'at')::timestamptz AS finalized_at_error, result,
 	   jsonb_array_length(errors) AS n_errors,
 	   errors->0->'attempt' AS attempt_0, errors->0->>'message' AS message,
 	   errors->0->>'sqlstate' AS sqlstate, errors->0->>'detail' AS detail,

@@ -144,20 +144,22 @@ static const char *COMPLETE_SQL =
 "   SET state = 'completed', finalized_at = clock_timestamp(), result = $3"
 " WHERE id = $1 AND state = 'running' AND attempted_by = $2";
 
+/* one clock reading: the error's "at" is the finalized_at of a discard */
 static const char *FAIL_SQL =
-"UPDATE jobq.jobs"
-"   SET state = CASE WHEN attempt >= max_attempts THEN 'discarded'"
+"UPDATE jobq.jobs j"
+"   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
 "                    WHEN $3 = 0 THEN 'available'"
 "                    ELSE 'retryable' END::jobq.job_state,"
-"       scheduled_at = CASE WHEN attempt >= max_attempts THEN scheduled_at"
-"                           ELSE clock_timestamp() + $3 * interval '1 millisecond' END,"
-"       finalized_at = CASE WHEN attempt >= max_attempts THEN clock_timestamp() END,"
-"       errors = errors || jsonb_build_array(jsonb_build_object("
-"           'attempt', attempt, 'at', clock_timestamp(), 'message', $4::text,"
+"       scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at"
+"                           ELSE failed.at + $3 * interval '1 millisecond' END,"
+"       finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN failed.at END,"
+"       errors = j.errors || jsonb_build_array(jsonb_build_object("
+"           'attempt', j.attempt, 'at', failed.at, 'message', $4::text,"
 "           'sqlstate', $5::text, 'detail', $6::text, 'hint', $7::text,"
 "           'context', $8::text))"
-" WHERE id = $1 AND state = 'running' AND attempted_by = $2"
-" RETURNING state::text";
+"  FROM (SELECT clock_timestamp() AS at) AS failed"
+" WHERE j.id = $1 AND j.state = 'running' AND j.attempted_by = $2"
+" RETURNING j.state::text";
 
 /* Serialises claimers of a limited queue; no row: paused or gone. */
 static const char *LOCK_QUEUE_SQL =
