@@ -763,7 +763,9 @@ COMMENT ON FUNCTION jobq.unschedule(text) IS 'Removes a schedule; false if there
  * time: if it kills its worker again, it must not take the attempts of
  * other such jobs claimed with it.  Locked rows not claimed are released at
  * commit.  (PL/pgSQL keeps the plan across calls; a SQL function would be
- * planned again on every claim.)
+ * planned again on every claim.)  attempted_at is one clock reading taken
+ * after the snapshot (an InitPlan), not now(): the claim transaction may
+ * have begun before the job's enqueue did.
  */
 CREATE FUNCTION jobq._claim(worker bigint, queue text, max_jobs bigint,
 							alone_kinds text[], max_alone integer)
@@ -792,7 +794,7 @@ BEGIN
 	claimed AS (
 		UPDATE jobq.jobs j
 		   SET state = 'running', attempt = j.attempt + 1,
-			   attempted_at = now(), attempted_by = worker
+			   attempted_at = (SELECT clock_timestamp()), attempted_by = worker
 		  FROM picked
 		 WHERE j.id = picked.id
 		RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts,
