@@ -9,13 +9,14 @@ use strict;
 use warnings;
 
 use Exporter 'import';
+use IPC::Run ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(jobq_node jobq_install jobq_handlers wait_ready wait_job
-  wait_until component_pid wait_both_candidates set_workers);
+  wait_until wait_accepting component_pid wait_both_candidates set_workers);
 
 # Seconds any single wait may take before a test fails (CI machines are slow).
 our $TIMEOUT = 120;
@@ -77,6 +78,18 @@ sub wait_until
 		usleep(50_000);
 	}
 	return 0;
+}
+
+# Waits until the server accepts connections again (after a crash restart).
+# pg_isready reads no stdin: psql fed a query through a pipe (what
+# poll_query_until does) can exit on a refused connection before the query
+# is written, and IPC::Run dies of the broken pipe.
+sub wait_accepting
+{
+	my ($node) = @_;
+	my @cmd = ($node->installed_command('pg_isready'), '-q',
+		'-h', $node->host, '-p', $node->port, '-d', 'postgres');
+	return wait_until(sub { IPC::Run::run(\@cmd, '<', '/dev/null') });
 }
 
 # The pid of a component (see jobq.components), or '' when none runs it.

@@ -44,8 +44,15 @@ if [ "$(id -u)" = 0 ]; then
 		for f in "$work"/regression.diffs "$work"/output_iso/regression.diffs; do
 			[ -f "$f" ] && { echo "=== $f"; cat "$f"; }
 		done
+		# only the TAP files that failed or died (no plan at their end)
 		for f in "$work"/tmp_check/log/regress_log_*; do
-			[ -f "$f" ] && { echo "=== tail of $f"; tail -n 60 "$f"; }
+			[ -f "$f" ] || continue
+			if grep -q 'not ok' "$f" || ! tail -n 1 "$f" | grep -q '1\.\.[0-9]'; then
+				echo "=== failures in $f"
+				grep -A 8 'not ok' "$f" | head -n 60 || true
+				echo "=== tail of $f"
+				tail -n 15 "$f"
+			fi
 		done
 		echo "jobq tests FAILED; everything is kept in $work" >&2
 	else

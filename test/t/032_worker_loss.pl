@@ -206,9 +206,12 @@ ok( $node->poll_query_until('postgres',
 	'the first round finished');
 my $jb = enqueue_round('kill9');
 my $victim = wait_running_in_worker($jb);
+my $kill_offset = -s $node->logfile;
 my $t_kill = time;
 is(kill('KILL', $victim), 1, "SIGKILL sent to worker $victim");
-ok($node->poll_query_until('postgres', 'SELECT true'), 'the server accepts connections again');
+# the postmaster has noticed the crash: connections before would still succeed
+$node->wait_for_log(qr/all server processes terminated; reinitializing/, $kill_offset);
+ok(wait_accepting($node), 'the server accepts connections again');
 my $t_up = time;
 ok(wait_ready($node), 'jobq is ready after the crash restart');
 my $t_ready = time;

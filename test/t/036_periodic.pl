@@ -78,8 +78,17 @@ for my $delta (-100, -10, 0, 10, 100)
 	push @rounds, $fire;
 }
 
-# Made due and the leader killed straight away, in one go.
+# Made due and the leader killed straight away, in one go.  The fire time
+# is the current second, which must be one never fired before (a rewound
+# schedule fires its time again) and not near a whole minute (the
+# schedule's own fire times): wait for such a second with half of it left.
 wait_both_candidates($node);
+ok( wait_until(
+		sub {
+			my $t = time;
+			return int($t) > $rounds[-1] && int($t) % 60 != 0 && int($t) % 60 != 59 && $t - int($t) < 0.5;
+		}),
+	'a fresh second to fire at');
 {
 	my $leader = component_pid($node, 'leader');
 	my $fire = $session->query_safe(qq{
