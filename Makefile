@@ -22,6 +22,7 @@ OBJS = \
 	src/periodic.o \
 	src/process.o \
 	src/rescuer.o \
+	src/roles.o \
 	src/scheduler.o \
 	src/shmem.o \
 	src/views.o \

@@ -115,10 +115,14 @@ jobq_call_as_owner(PG_FUNCTION_ARGS)
 	return result;
 }
 
-/* A timeout argument as milliseconds; NULL means forever (-1). */
+/*
+ * A timeout argument as milliseconds; NULL means forever (-1).  Capped at
+ * 100 years, so that a deadline never overflows a timestamp.
+ */
 static long
 timeout_arg_ms(FunctionCallInfo fcinfo, int argno)
 {
+	const int64 max_ms = INT64CONST(100) * 365 * 24 * 3600 * 1000;
 	int64		ms;
 
 	if (PG_ARGISNULL(argno))
@@ -128,7 +132,7 @@ timeout_arg_ms(FunctionCallInfo fcinfo, int argno)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timeout must not be negative")));
-	return (long) Min(ms, (int64) LONG_MAX);
+	return (long) Min(ms, max_ms);
 }
 
 /* ms left until deadline (0 when past); -1 for no deadline. */
@@ -190,9 +194,7 @@ jobq_wait(PG_FUNCTION_ARGS)
 	values[0] = Int64GetDatum(job_id);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = SPI_prepare("SELECT state::text, xmin FROM jobq.jobs WHERE id = $1", 1, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare the job look-up: %s", SPI_result_code_string(SPI_result));
+	plan = jobq_prepare_transient("SELECT state::text, xmin FROM jobq.jobs WHERE id = $1", 1, argtypes);
 
 	for (;;)
 	{

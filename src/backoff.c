@@ -49,12 +49,23 @@ jobq_restart_backoff_ms(int failures)
 	return (int) Min(ms, JOBQ_MAX_BACKOFF_MS);
 }
 
-/* An interval as milliseconds, a month counting 30 days. */
+/*
+ * An interval as milliseconds, as extract(epoch) measures it (a month is
+ * 1/12 of 365.25 days), so that C and SQL agree on its sign; saturates
+ * instead of overflowing.
+ */
 int64
 jobq_interval_ms(const Interval *span)
 {
-	return (span->time + span->day * USECS_PER_DAY +
-			(int64) span->month * DAYS_PER_MONTH * USECS_PER_DAY) / 1000;
+	double		ms = span->time / 1000.0 +
+		(double) span->day * SECS_PER_DAY * 1000.0 +
+		(double) span->month * (DAYS_PER_YEAR / MONTHS_PER_YEAR) * SECS_PER_DAY * 1000.0;
+
+	if (ms >= (double) PG_INT64_MAX)
+		return PG_INT64_MAX;
+	if (ms <= (double) PG_INT64_MIN)
+		return PG_INT64_MIN;
+	return (int64) ms;
 }
 
 /* jobq._backoff(attempt, backoff_max): the retry delay as an interval */

@@ -5,7 +5,8 @@
  *	  because it made jobs available, wake the leader because it changed
  *	  what is scheduled, wake jobq.wait() callers because jobs became final,
  *	  flush the workers' caches because handlers or queues changed, and tell
- *	  the launcher about CREATE/DROP EXTENSION.
+ *	  the launcher about CREATE/DROP EXTENSION, and tell the workers running
+ *	  jobs this transaction cancelled.
  *
  * Nothing is signalled before COMMIT: a worker woken earlier could not see
  * the jobs yet, and a rolled-back transaction must wake nobody.  The
@@ -20,6 +21,19 @@
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "utils/memutils.h"
+
+/*
+ * A running job this transaction cancelled, and the subtransaction level
+ * that did it: a rolled-back subtransaction takes its cancels with it, or
+ * a worker would interrupt a job that was not cancelled.
+ */
+typedef struct CancelledJob
+{
+	int64		job_id;
+	int			nest_level;
+} CancelledJob;
 
 typedef struct PendingActions
 {
@@ -34,6 +48,7 @@ typedef struct PendingActions
 } PendingActions;
 
 static PendingActions pending = {.release_database = -1};
+static List *cancelled_running = NIL;	/* of CancelledJob, in TopMemoryContext */
 static bool callback_registered = false;
 
 static void
@@ -41,6 +56,21 @@ reset_pending(void)
 {
 	memset(&pending, 0, sizeof(pending));
 	pending.release_database = -1;
+	list_free_deep(cancelled_running);
+	cancelled_running = NIL;
+}
+
+/* Asks the workers running the cancelled jobs to stop them. */
+static void
+signal_cancelled_jobs(void)
+{
+	int			db_index;
+	ListCell   *lc;
+
+	if (cancelled_running == NIL || (db_index = jobq_db_index(MyDatabaseId)) < 0)
+		return;
+	foreach(lc, cancelled_running)
+		jobq_cancel_running_job(db_index, ((CancelledJob *) lfirst(lc))->job_id);
 }
 
 static void
@@ -69,6 +99,8 @@ run_pending_actions(void)
 
 	if (pending.jobs_finished)
 		ConditionVariableBroadcast(&JobqShared->job_finished_cv);
+
+	signal_cancelled_jobs();
 
 	if (pending.probe_database || pending.rescan_databases || pending.recheck_database)
 	{
@@ -123,14 +155,55 @@ jobq_xact_callback(XactEvent event, void *arg)
 }
 
 static void
+jobq_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB)
+		return;
+	foreach(lc, cancelled_running)
+	{
+		CancelledJob *c = lfirst(lc);
+
+		if (c->nest_level < level)
+			continue;
+		if (event == SUBXACT_EVENT_COMMIT_SUB)
+			c->nest_level = level - 1;
+		else
+		{
+			cancelled_running = foreach_delete_current(cancelled_running, lc);
+			pfree(c);
+		}
+	}
+}
+
+static void
 ensure_callback(void)
 {
 	jobq_require_preload();
 	if (!callback_registered)
 	{
 		RegisterXactCallback(jobq_xact_callback, NULL);
+		RegisterSubXactCallback(jobq_subxact_callback, NULL);
 		callback_registered = true;
 	}
+}
+
+void
+jobq_at_commit_cancel_running(int64 job_id)
+{
+	MemoryContext old;
+	CancelledJob *c;
+
+	ensure_callback();
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	c = palloc(sizeof(CancelledJob));
+	c->job_id = job_id;
+	c->nest_level = GetCurrentTransactionNestLevel();
+	cancelled_running = lappend(cancelled_running, c);
+	MemoryContextSwitchTo(old);
 }
 
 void
@@ -195,6 +268,7 @@ PG_FUNCTION_INFO_V1(jobq_wake_workers_at_commit_sql);
 PG_FUNCTION_INFO_V1(jobq_wake_leader_at_commit_sql);
 PG_FUNCTION_INFO_V1(jobq_jobs_finished_at_commit_sql);
 PG_FUNCTION_INFO_V1(jobq_config_changed_sql);
+PG_FUNCTION_INFO_V1(jobq_cancel_running_at_commit_sql);
 
 Datum
 jobq_wake_workers_at_commit_sql(PG_FUNCTION_ARGS)
@@ -221,5 +295,12 @@ Datum
 jobq_config_changed_sql(PG_FUNCTION_ARGS)
 {
 	jobq_at_commit_config_changed();
+	PG_RETURN_VOID();
+}
+
+Datum
+jobq_cancel_running_at_commit_sql(PG_FUNCTION_ARGS)
+{
+	jobq_at_commit_cancel_running(PG_GETARG_INT64(0));
 	PG_RETURN_VOID();
 }

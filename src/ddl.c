@@ -18,7 +18,8 @@
  * every enqueue queued behind it.  CREATE EXTENSION jobq and a drop of
  * jobq make the launcher look at the database again, at commit.  (Should
  * DROP OWNED remove the extension, the processes notice at their next
- * cycle.)
+ * cycle.)  DROP ROLE, REASSIGN OWNED and DROP OWNED also concern the
+ * roles owning jobq objects: see roles.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -215,6 +216,7 @@ jobq_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 	Oid			hold = database_to_hold(parsetree);
 	int			held = -1;
 
+	jobq_roles_before_utility(parsetree);
 	if (OidIsValid(hold) && JobqShared != NULL)
 		held = hold_database(hold);
 
@@ -242,6 +244,7 @@ jobq_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 	if (held >= 0)
 		jobq_at_xact_end_release_database(held);
 	note_effects(parsetree);
+	jobq_roles_after_utility(parsetree);
 }
 
 void

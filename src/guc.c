@@ -23,6 +23,7 @@ int			jobq_cleanup_interval_ms = 60000;
 int			jobq_completed_retention_s = 86400;
 int			jobq_discarded_retention_s = 7 * 86400;
 int			jobq_leader_cooldown_ms = 10000;
+int			jobq_timeout_grace_ms = 5000;
 bool		jobq_log_jobs = false;
 char	   *jobq_fail_service = NULL;
 
@@ -133,6 +134,17 @@ jobq_guc_define(void)
 							NULL,
 							&jobq_leader_cooldown_ms,
 							10000,
+							0,
+							3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("jobq.timeout_grace",
+							"How long a job may run on after its timeout or its cancel before its worker is terminated.",
+							"A handler can catch the query cancel of its timeout or of jobq.cancel(); terminating the worker cannot be caught. The job is then given back by the rescuer, or stays cancelled.",
+							&jobq_timeout_grace_ms,
+							5000,
 							0,
 							3600 * 1000,
 							PGC_SIGHUP,

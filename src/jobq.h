@@ -25,9 +25,13 @@
  *				every database's workers and candidates
  *	component	anything with a row in jobq.components: the launcher, each
  *				worker and candidate, and each leader service
- *	incarnation	a random 64-bit id a worker takes when it starts; it is what
- *				jobs.attempted_by holds, and a job whose incarnation is not
- *				live in shared memory has lost its worker
+ *	claim		the id of one claim of a worker: random high 32 bits taken
+ *				when the worker starts, a counter in the low 32 bits.  It is
+ *				what jobs.attempted_by holds and what the worker publishes
+ *				(as "incarnation") from before it claims until the jobs it
+ *				claimed are committed; a running job whose claim is not
+ *				published by a live worker has been left behind and is
+ *				rescued
  *
  * Locking protocol for JobqShared (see shmem.c):
  *	- JobqShared->lock (LWLock) guards the database table and which component
@@ -38,6 +42,14 @@
  *	  them, except the launcher, which writes restarts/stop_requested and
  *	  clears the slot of a process that is gone.  Copy out under the
  *	  spinlock, then do any slow work.
+ *	- JobqComponent.cancel_job is an atomic, not under the spinlock: any
+ *	  backend that commits jobq.cancel() of the job the worker runs writes
+ *	  it (jobq_cancel_running_job); the worker reads it in a timer handler,
+ *	  where no spinlock may be taken, and resets it to 0 when its claim
+ *	  ends.  A stale value names a job the worker no longer runs: harmless.
+ *	- JobqDatabase.leader, leader_latch, leader_key and leader_key_used are
+ *	  written by the candidates under JobqShared->lock held exclusively
+ *	  (and reset by the launcher, under it too, when it assigns the slot).
  *
  *-------------------------------------------------------------------------
  */
@@ -48,6 +60,7 @@
 
 #include "datatype/timestamp.h"
 #include "fmgr.h"
+#include "nodes/nodes.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
@@ -58,10 +71,14 @@
 #define JOBQ_CANDIDATES			2	/* leader candidates per database */
 #define JOBQ_ERROR_LEN			256 /* last error kept per component */
 #define JOBQ_MAX_BACKOFF_MS		60000	/* cap of every restart backoff */
+#define JOBQ_LOCK_TIMEOUT_MS	500 /* longest wait of jobq's own statements
+									 * for a lock a user session may hold */
 
-/* Advisory lock key of the leader lock: ('jobq' as int32, 1). */
+/*
+ * Advisory lock of the leader: ('jobq' as int32, a random key drawn for
+ * each election, see leader.c).
+ */
 #define JOBQ_LEADER_LOCK_KEY1	0x6a6f6271
-#define JOBQ_LEADER_LOCK_KEY2	1
 
 typedef enum JobqComponentKind
 {
@@ -102,9 +119,11 @@ typedef struct JobqComponent
 
 	pid_t		pid;			/* 0 when no process runs it */
 	Latch	   *latch;
-	uint64		incarnation;	/* workers: what jobs.attempted_by holds */
+	uint64		incarnation;	/* workers: the claim held, 0 if none */
 	JobqState	state;
 	int64		job_id;			/* workers: job being run, 0 if none */
+	Oid			job_owner;		/* workers: its owner (who may see job_id) */
+	pg_atomic_uint64 cancel_job;	/* workers: job a committed cancel stops */
 	TimestampTz started_at;
 	TimestampTz heartbeat_at;
 	TimestampTz last_error_at;
@@ -131,6 +150,8 @@ typedef struct JobqDatabase
 	pid_t		hold_pid;		/* backend keeping processes off (DROP DATABASE) */
 	int			leader;			/* candidate number holding leadership, or -1 */
 	Latch	   *leader_latch;
+	uint32		leader_key;		/* key2 of the leader lock of this election */
+	bool		leader_key_used;	/* a leader held it: draw a new one */
 	pg_atomic_uint32 lost_workers;	/* bumped when a worker exits: rescue work */
 } JobqDatabase;
 
@@ -180,6 +201,7 @@ extern int	jobq_cleanup_interval_ms;
 extern int	jobq_completed_retention_s;
 extern int	jobq_discarded_retention_s;
 extern int	jobq_leader_cooldown_ms;
+extern int	jobq_timeout_grace_ms;
 extern bool jobq_log_jobs;
 extern char *jobq_fail_service;
 extern void jobq_guc_define(void);
@@ -192,7 +214,9 @@ extern JobqComponent *jobq_component_by_slot(int slot);
 extern int	jobq_db_index(Oid dboid);
 extern void jobq_component_attach(JobqComponent *c);
 extern void jobq_component_set_state(JobqComponent *c, JobqState state);
-extern void jobq_component_set_job(JobqComponent *c, int64 job_id);
+extern void jobq_component_set_job(JobqComponent *c, int64 job_id, Oid owner);
+extern void jobq_component_set_claim(JobqComponent *c, uint64 claim);
+extern void jobq_cancel_running_job(int db_index, int64 job_id);
 extern void jobq_component_heartbeat(JobqComponent *c);
 extern void jobq_component_error(JobqComponent *c, const char *message);
 extern void jobq_component_count(JobqComponent *c, int64 done, int64 failed);
@@ -202,13 +226,14 @@ extern void jobq_wake_workers(int db_index, int howmany);
 extern void jobq_wake_database(int db_index);
 extern void jobq_wake_leader(int db_index);
 extern void jobq_wake_launcher(void);
-extern int	jobq_live_incarnations(int db_index, uint64 *out);
+extern int	jobq_live_claims(int db_index, uint64 *out);
 
 /* commit.c: what a transaction asks to happen once it commits */
 extern void jobq_at_commit_wake_workers(int howmany);
 extern void jobq_at_commit_wake_leader(void);
 extern void jobq_at_commit_jobs_finished(void);
 extern void jobq_at_commit_config_changed(void);
+extern void jobq_at_commit_cancel_running(int64 job_id);
 extern void jobq_at_commit_probe_database(void);
 extern void jobq_at_commit_recheck_database(void);
 extern void jobq_at_commit_rescan_databases(void);
@@ -217,6 +242,10 @@ extern void jobq_at_xact_end_release_database(int db_index);
 /* ddl.c: ProcessUtility hook keeping processes out of the way of DDL */
 extern void jobq_ddl_hook_install(void);
 extern void jobq_release_database(int db_index);
+
+/* roles.c: roles owning jobq objects (called by the utility hook) */
+extern void jobq_roles_before_utility(Node *parsetree);
+extern void jobq_roles_after_utility(Node *parsetree);
 
 /* launcher.c */
 extern void jobq_launcher_register(void);
@@ -234,6 +263,7 @@ extern void jobq_process_sleep(long delay_ms);
 extern void jobq_xact_begin(const char *activity);
 extern void jobq_xact_end(void);
 extern struct _SPI_plan *jobq_prepare(const char *sql, int nargs, Oid *argtypes);
+extern struct _SPI_plan *jobq_prepare_transient(const char *sql, int nargs, Oid *argtypes);
 extern void jobq_free_plan(struct _SPI_plan **plan);
 
 /* worker.c */

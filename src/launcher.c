@@ -219,6 +219,8 @@ scan_databases(void)
 		JobqShared->databases[free_slot].hold_pid = 0;
 		JobqShared->databases[free_slot].leader = -1;
 		JobqShared->databases[free_slot].leader_latch = NULL;
+		JobqShared->databases[free_slot].leader_key = 0;
+		JobqShared->databases[free_slot].leader_key_used = false;
 		database_gone[free_slot] = false;
 		logged_state[free_slot] = JOBQ_DB_PROBING;
 		reset_database_slots(free_slot);

@@ -5,11 +5,18 @@
  *	  services.
  *
  * Each database has JOBQ_CANDIDATES candidate processes.  They compete for
- * a session-level advisory lock (JOBQ_LEADER_LOCK_KEY1/2); the holder is
- * the leader.  The lock belongs to the process, so whatever ends the
- * leader's process ends its leadership, and a waiting candidate takes over
- * at its next try: the launcher wakes the candidates whenever a process of
- * their database exits, and each tries at least every second besides.
+ * a session-level advisory lock (JOBQ_LEADER_LOCK_KEY1, key); the holder
+ * that also finds the key unused in shared memory is the leader.  The lock
+ * belongs to the process, so whatever ends the leader's process ends its
+ * leadership, and a waiting candidate takes over at its next try: the
+ * launcher wakes the candidates whenever a process of their database
+ * exits, and each tries at least every second besides.
+ *
+ * The key is drawn at random for each election, once the previous leader
+ * is gone.  A session queued behind the leader's lock (the key is visible
+ * in pg_locks) gets a lock nobody needs any more when the leader exits: the
+ * next election uses another key, so squatting cannot leave the database
+ * leaderless.
  *
  * Leader lifecycle (every transition is logged):
  *
@@ -36,6 +43,7 @@
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/lock.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -66,24 +74,72 @@ static MemoryContext leader_cxt;
 static bool leading = false;
 static uint32 seen_lost_workers = 0;
 
+static uint32 my_key;			/* key2 of the leader lock we hold or try */
+
 static void
 leader_lock_tag(LOCKTAG *tag)
 {
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, JOBQ_LEADER_LOCK_KEY1,
-						 JOBQ_LEADER_LOCK_KEY2, 2);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, JOBQ_LEADER_LOCK_KEY1, my_key, 2);
 }
 
+/* The key of this election: a fresh one if a leader has held the last. */
+static uint32
+election_key(JobqDatabase *db)
+{
+	uint32		key;
+
+	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+	if (db->leader < 0 && (db->leader_key_used || db->leader_key == 0))
+	{
+		uint32		fresh = 0;
+
+		while (fresh == 0 || fresh == db->leader_key)
+			if (!pg_strong_random(&fresh, sizeof(fresh)))
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("could not generate a random jobq leader key")));
+		db->leader_key = fresh;
+		db->leader_key_used = false;
+	}
+	key = db->leader_key;
+	LWLockRelease(JobqShared->lock);
+	return key;
+}
+
+/*
+ * Tries to become the leader: take this election's lock, then, with the
+ * election still open, claim leadership.  A lock taken too late (another
+ * candidate won, or the key was used meanwhile) is given back.
+ */
 static bool
 try_leader_lock(void)
 {
+	JobqDatabase *db = &JobqShared->databases[me->db_index];
 	LOCKTAG		tag;
 	LockAcquireResult result;
+	bool		won;
 
+	my_key = election_key(db);
 	leader_lock_tag(&tag);
 	StartTransactionCommand();
 	result = LockAcquire(&tag, ExclusiveLock, true, true);
 	CommitTransactionCommand();
-	return result != LOCKACQUIRE_NOT_AVAIL;
+	if (result == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+
+	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
+	won = db->leader < 0 && db->leader_key == my_key && !db->leader_key_used;
+	if (won)
+	{
+		/* in the same critical section: no other candidate opens an election */
+		db->leader_key_used = true;
+		db->leader = me->number;
+		db->leader_latch = MyLatch;
+	}
+	LWLockRelease(JobqShared->lock);
+	if (!won)
+		LockRelease(&tag, ExclusiveLock, true);
+	return won;
 }
 
 static bool
@@ -404,6 +460,8 @@ jobq_candidate_main(Datum main_arg)
 	TimestampTz may_compete_at = 0;
 
 	me = jobq_process_start(main_arg, "jobq candidate");
+	/* the leader's statements wait for no lock a user session holds open */
+	SetConfigOption("lock_timeout", CppAsString2(JOBQ_LOCK_TIMEOUT_MS), PGC_SUSET, PGC_S_OVERRIDE);
 	leader_cxt = AllocSetContextCreate(TopMemoryContext, "jobq leader", ALLOCSET_DEFAULT_SIZES);
 	for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
 	{

@@ -119,13 +119,18 @@ jobq_process_handle_interrupts(void)
 /*
  * The transaction bracket of every jobq process.  SPI wants an outer
  * snapshot; it still takes a fresh one for each statement we run (READ
- * COMMITTED), which the claim of a limited queue relies on.
+ * COMMITTED), which the claim of a limited queue relies on.  Isolation and
+ * read-only are jobq's choice, not the database's or role's defaults
+ * (default_transaction_isolation = serializable would fail claims with
+ * serialization errors; a read-only default would stop everything).
  */
 void
 jobq_xact_begin(const char *activity)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	XactIsoLevel = XACT_READ_COMMITTED;
+	XactReadOnly = false;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -199,12 +204,13 @@ jobq_process_wait(long timeout_ms)
 }
 
 /*
- * Prepares and keeps a plan, parsed with only pg_catalog on the search
- * path: our SQL schema-qualifies jobq objects, and no setting of
- * search_path can redirect its operators or functions.
+ * Prepares a plan parsed with only pg_catalog on the search path: our SQL
+ * schema-qualifies jobq objects, and no setting of search_path can
+ * redirect its operators or functions.  The plan cache re-parses under the
+ * same path when the plan is invalidated.  The plan lives until SPI_finish.
  */
 SPIPlanPtr
-jobq_prepare(const char *sql, int nargs, Oid *argtypes)
+jobq_prepare_transient(const char *sql, int nargs, Oid *argtypes)
 {
 	OverrideSearchPath *path = GetOverrideSearchPath(CurrentMemoryContext);
 	SPIPlanPtr	plan = NULL;
@@ -224,6 +230,15 @@ jobq_prepare(const char *sql, int nargs, Oid *argtypes)
 	PG_END_TRY();
 	if (plan == NULL)
 		elog(ERROR, "could not prepare jobq query: %s", SPI_result_code_string(SPI_result));
+	return plan;
+}
+
+/* The same, kept for the life of the process (free with jobq_free_plan). */
+SPIPlanPtr
+jobq_prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = jobq_prepare_transient(sql, nargs, argtypes);
+
 	if (SPI_keepplan(plan) != 0)
 		elog(ERROR, "could not keep jobq query plan");
 	return plan;

@@ -1,23 +1,27 @@
 /*-------------------------------------------------------------------------
  *
  * rescuer.c
- *	  Leader service: gives back the running jobs of workers that are gone.
+ *	  Leader service: gives back the running jobs no live worker holds.
  *
- * A running job's attempted_by is the incarnation of the worker that
- * claimed it; every live worker's incarnation is in shared memory.  A
- * running job whose incarnation is not live lost its worker (killed,
- * crashed, server restart, failover to a standby) and becomes retryable,
- * or discarded when it has no attempts left, with an error entry marked
- * "lost".  The launcher wakes the leader the moment a worker exits, so a
- * rescue follows within one leader cycle; jobq.rescue_interval is only a
- * safety net.
+ * A running job's attempted_by is the claim that took it; every live
+ * worker publishes the claim it holds in shared memory, from before it
+ * claims until the claimed jobs' outcomes are committed.  A running job
+ * whose claim is not held lost its worker (killed, crashed, terminated for
+ * overrunning its timeout, server restart, failover to a standby) or was
+ * left behind by one (its outcome could not be recorded), and becomes
+ * retryable, or discarded when it has no attempts left, with an error
+ * entry marked "lost".  The launcher wakes the leader the moment a worker
+ * exits, and a worker that leaves a job behind wakes it too, so a rescue
+ * follows within one leader cycle; jobq.rescue_interval is a safety net.
  *
  * Ordering is what makes this exact: the running jobs are read first, and
- * the live incarnations after that.  A job seen running was claimed before
- * our read, by a worker that published its incarnation before claiming; if
- * that incarnation is not live after our read, the worker has exited.  So
- * a live worker's job is never taken, however long its handler runs.  The
- * update re-checks state and incarnation, in case the job moved on.
+ * the held claims after that.  A job seen running was claimed before our
+ * read, by a worker that published the claim before claiming; if the claim
+ * is not held after our read, the worker has moved on or exited.  So a job
+ * is never taken from a live claim, however long its handler runs.  The
+ * update re-checks state and claim, in case the job moved on, and skips
+ * rows locked by others (a user's jobq.cancel in progress): no user
+ * session can make the rescuer wait.
  *
  *-------------------------------------------------------------------------
  */
@@ -47,11 +51,15 @@ static const char *RESCUE_SQL =
 "       finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,"
 "       errors = j.errors || jsonb_build_array(jsonb_build_object("
 "           'attempt', j.attempt, 'at', now(),"
-"           'message', 'worker lost: the process running this job exited before the job ended',"
+"           'message', 'worker lost: the worker running this job exited or gave it up before the job ended',"
 "           'lost', true))"
-"  FROM unnest($1::int8[], $2::int8[]) AS lost(id, attempted_by)"
-" WHERE j.id = lost.id AND j.state = 'running'"
-"   AND j.attempted_by IS NOT DISTINCT FROM lost.attempted_by"
+"  FROM (SELECT l.id FROM jobq.jobs l"
+"          JOIN unnest($1::int8[], $2::int8[]) AS lost(id, attempted_by)"
+"            ON l.id = lost.id"
+"         WHERE l.state = 'running'"
+"           AND l.attempted_by IS NOT DISTINCT FROM lost.attempted_by"
+"           FOR UPDATE OF l SKIP LOCKED) AS taken"
+" WHERE j.id = taken.id"
 " RETURNING j.state = 'discarded'";
 
 static void
@@ -71,10 +79,10 @@ rescuer_stop(void)
 }
 
 static bool
-is_live(uint64 incarnation, const uint64 *live, int nlive)
+is_live(uint64 claim, const uint64 *live, int nlive)
 {
 	for (int i = 0; i < nlive; i++)
-		if (live[i] == incarnation)
+		if (live[i] == claim)
 			return true;
 	return false;
 }
@@ -97,7 +105,7 @@ rescuer_run(int db_index)
 	if (SPI_execute_plan(running_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list running jobs");
 	/* only now: see the header comment */
-	nlive = jobq_live_incarnations(db_index, live);
+	nlive = jobq_live_claims(db_index, live);
 
 	nrunning = SPI_processed;
 	ids = palloc(sizeof(Datum) * Max(nrunning, 1));

@@ -66,6 +66,7 @@ component_init(JobqComponent *c, JobqComponentKind kind, int number, int db_inde
 	c->number = number;
 	c->db_index = db_index;
 	c->state = JOBQ_STOPPED;
+	pg_atomic_init_u64(&c->cancel_job, 0);
 }
 
 static void
@@ -201,6 +202,7 @@ component_detach(int code, Datum arg)
 	c->latch = NULL;
 	c->incarnation = 0;
 	c->job_id = 0;
+	c->job_owner = InvalidOid;
 	c->state = JOBQ_STOPPED;
 	SpinLockRelease(&c->mutex);
 	ConditionVariableBroadcast(&JobqShared->components_cv);
@@ -209,32 +211,22 @@ component_detach(int code, Datum arg)
 /*
  * Claims a slot for the calling process.  Call it before connecting to a
  * database: the detach callback then runs after the connection's own exit
- * callback has aborted any open transaction, so a worker's incarnation
- * stays live until its job's transaction is gone, and the rescuer can never
- * hand out a job whose first run is still undoing itself.
+ * callback has aborted any open transaction, so a worker's claim stays live
+ * until its job's transaction is gone, and the rescuer can never hand out a
+ * job whose first run is still undoing itself.
  */
 void
 jobq_component_attach(JobqComponent *c)
 {
-	uint64		incarnation = 0;
-
-	while (incarnation == 0)
-	{
-		if (!pg_strong_random(&incarnation, sizeof(incarnation)))
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("could not generate a random jobq worker incarnation")));
-		incarnation &= PG_INT64_MAX;	/* shown as a positive bigint */
-	}
-
 	before_shmem_exit(component_detach, PointerGetDatum(c));
 
 	SpinLockAcquire(&c->mutex);
 	c->pid = MyProcPid;
 	c->latch = MyLatch;
-	c->incarnation = incarnation;
+	c->incarnation = 0;
 	c->state = JOBQ_STARTING;
 	c->job_id = 0;
+	c->job_owner = InvalidOid;
 	c->started_at = GetCurrentTimestamp();
 	c->heartbeat_at = c->started_at;
 	c->stop_requested = false;
@@ -257,11 +249,41 @@ jobq_component_set_state(JobqComponent *c, JobqState state)
 }
 
 void
-jobq_component_set_job(JobqComponent *c, int64 job_id)
+jobq_component_set_job(JobqComponent *c, int64 job_id, Oid owner)
 {
 	SpinLockAcquire(&c->mutex);
 	c->job_id = job_id;
+	c->job_owner = owner;
 	SpinLockRelease(&c->mutex);
+}
+
+/* Publishes the claim a worker holds (0: none); see the rescuer. */
+void
+jobq_component_set_claim(JobqComponent *c, uint64 claim)
+{
+	SpinLockAcquire(&c->mutex);
+	c->incarnation = claim;
+	SpinLockRelease(&c->mutex);
+}
+
+/*
+ * Asks the worker running a job to stop it (jobq.cancel committed).  Safe
+ * in a commit callback: no allocation, no error paths.
+ */
+void
+jobq_cancel_running_job(int db_index, int64 job_id)
+{
+	for (int i = 0; i < max_worker_processes; i++)
+	{
+		JobqComponent *c = jobq_component(db_index, JOBQ_WORKER, i);
+		bool		runs_it;
+
+		SpinLockAcquire(&c->mutex);
+		runs_it = c->pid != 0 && c->job_id == job_id;
+		SpinLockRelease(&c->mutex);
+		if (runs_it)
+			pg_atomic_write_u64(&c->cancel_job, (uint64) job_id);
+	}
 }
 
 void
@@ -407,11 +429,11 @@ jobq_wake_launcher(void)
 }
 
 /*
- * Copies the incarnations of the live workers of a database into out
- * (room for max_worker_processes entries); returns how many there are.
+ * Copies the claims the live workers of a database hold into out (room for
+ * max_worker_processes entries); returns how many there are.
  */
 int
-jobq_live_incarnations(int db_index, uint64 *out)
+jobq_live_claims(int db_index, uint64 *out)
 {
 	int			n = 0;
 

@@ -8,7 +8,9 @@
  * jobq.workers, and any above it still leaving), its candidates (the one
  * holding the lock is shown as "leader") and the four services.  Each
  * slot's fields are copied under its spinlock, so a row is consistent in
- * itself; rows are not a snapshot of one instant.
+ * itself; rows are not a snapshot of one instant.  As in pg_stat_activity,
+ * the job a worker runs is shown only to roles with the privileges of the
+ * job's owner and to members of pg_read_all_stats.
  *
  *-------------------------------------------------------------------------
  */
@@ -16,7 +18,9 @@
 
 #include "fmgr.h"
 #include "funcapi.h"
+#include "catalog/pg_authid.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -44,7 +48,9 @@ add_row(Tuplestorestate *store, TupleDesc desc, Name dbname,
 	nulls[2] = copy.pid == 0;
 	values[3] = CStringGetTextDatum(jobq_state_name(copy.state));
 	values[4] = Int64GetDatum(copy.job_id);
-	nulls[4] = copy.job_id == 0;
+	nulls[4] = copy.job_id == 0 ||
+		!(has_privs_of_role(GetUserId(), copy.job_owner) ||
+		  has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS));
 	values[5] = Int64GetDatum((int64) copy.incarnation);
 	nulls[5] = copy.kind != JOBQ_WORKER || copy.incarnation == 0;
 	values[6] = TimestampTzGetDatum(copy.started_at);

@@ -4,14 +4,17 @@
  *	  The worker: claims jobs and runs their handlers, in batches.
  *
  * One cycle:
- *	1. Claim.  In its own transaction, take up to N available jobs per queue
- *	   with FOR UPDATE SKIP LOCKED, mark them running with attempt + 1 and
- *	   our incarnation, and COMMIT before any handler runs.  Committing the
- *	   attempt first is what makes a job that kills its worker finite.  N
- *	   adapts to the jobs: as many as fit in jobq.batch_time at the recent
- *	   mean duration, at most jobq.batch_size, at least 1.  A queue with a
- *	   concurrency limit is claimed under a lock on its jobq.queues row, after
- *	   counting its running jobs, so the limit holds across workers.
+ *	1. Claim.  Publish a new claim id, then, in its own transaction, take up
+ *	   to N available jobs with FOR UPDATE SKIP LOCKED from the queues that
+ *	   have any, mark them running with attempt + 1 and the claim id, and
+ *	   COMMIT before any handler runs.  Committing the attempt first is what
+ *	   makes a job that kills its worker finite.  N adapts to the jobs: as
+ *	   many as fit in jobq.batch_time at the recent mean duration, at most
+ *	   jobq.batch_size, at least 1.  A queue with a concurrency limit is
+ *	   claimed under a lock on its jobq.queues row (SKIP LOCKED: a queue
+ *	   another claimer or a user's open transaction holds is skipped this
+ *	   time), after counting its running jobs, so the limit holds across
+ *	   workers.
  *	2. Run.  The claimed jobs run in as few transactions as jobq.batch_size
  *	   and jobq.batch_time allow, one subtransaction per job.  A job's
  *	   handler runs as the job's owner (a security-restricted operation, so
@@ -19,14 +22,22 @@
  *	   next job) under the kind's timeout; on success the job is marked
  *	   completed inside its subtransaction, so its effects and its completion
  *	   commit together.  On error the subtransaction is rolled back and the
- *	   failure recorded in the enclosing transaction.  Procedure handlers and
+ *	   failure recorded in a subtransaction of its own; if even that fails,
+ *	   the job is left to the rescuer.  jobq's bookkeeping waits at most
+ *	   JOBQ_LOCK_TIMEOUT_MS for a row lock (a user's jobq.cancel() in an open
+ *	   transaction), never longer.  A handler that does not stop at its
+ *	   timeout, or after jobq.cancel() of its job, is stopped by terminating
+ *	   the worker jobq.timeout_grace later (the job watchdog); the rescuer
+ *	   then takes the job.  Session advisory locks a handler leaves behind
+ *	   are released after each job.  Procedure handlers and
  *	   jobs whose previous worker died in the middle of a batch run in a
  *	   transaction of their own, last, so that a job that kills its worker
  *	   costs its neighbours at most the one attempt.
- *	3. Idle.  With nothing to claim, sleep on the latch; a transaction that
- *	   makes jobs available sets it at commit (commit.c).  The state is set
- *	   to idle before claiming, so a commit after our claim's snapshot finds
- *	   us idle and wakes us: no wake-up is lost between look and sleep.
+ *	3. Idle.  Withdraw the claim id (its jobs are all committed by now), and
+ *	   with nothing to claim, sleep on the latch; a transaction that makes
+ *	   jobs available sets it at commit (commit.c).  The state is set to
+ *	   idle before claiming, so a commit after our claim's snapshot finds us
+ *	   idle and wakes us: no wake-up is lost between look and sleep.
  *
  * Memory: worker_cxt lives as long as the process (caches, prepared plans
  * are in CacheMemoryContext); batch_cxt holds the claimed jobs and is reset
@@ -42,10 +53,12 @@
 #include "commands/trigger.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -63,6 +76,8 @@
 #include "utils/timestamp.h"
 
 #define KIND_KEY_LEN 129		/* jobq.handlers.kind is at most 128 bytes */
+#define ERROR_FIELD_MAX 8192	/* bytes kept of each text of an error entry */
+#define WATCHDOG_TICK_MS 200	/* how often a running job's watchdog looks */
 
 /* A registered kind as the worker needs it; the handler is resolved lazily. */
 typedef struct KindEntry
@@ -80,9 +95,11 @@ typedef struct KindEntry
 	Oid			checked_owner;	/* last owner found allowed to execute it */
 } KindEntry;
 
+#define QUEUE_KEY_LEN 64		/* jobq.queues.name is at most 63 bytes */
+
 typedef struct QueueEntry
 {
-	char	   *name;
+	char		name[QUEUE_KEY_LEN];	/* hash key */
 	bool		paused;
 	bool		limited;
 } QueueEntry;
@@ -111,15 +128,17 @@ typedef struct BatchOutcome
 int64		jobq_current_job_id = 0;
 
 static JobqComponent *me;
-static uint64 my_incarnation;
+static uint64 claim_base;		/* random high 32 bits of our claim ids */
+static uint32 claim_count;
+static uint64 my_claim;			/* the claim held now, 0 if none */
+static bool left_behind;		/* a claimed job's outcome could not be recorded */
 static MemoryContext worker_cxt;
 static MemoryContext batch_cxt;
 static MemoryContext job_cxt;
 static MemoryContext kinds_cxt;
 static HTAB *kinds = NULL;
 static Datum alone_kinds;		/* text[] of the procedure kinds, for the claim */
-static QueueEntry *queues = NULL;
-static int	nqueues = 0;
+static HTAB *queues = NULL;
 static uint64 cached_generation = 0;
 static uint32 queue_rotor = 0;
 static double mean_job_ms;		/* moving mean of handler durations */
@@ -127,6 +146,7 @@ static double mean_job_ms;		/* moving mean of handler durations */
 static ConstraintsSetStmt *all_constraints_immediate;
 
 static SPIPlanPtr claim_plan;
+static SPIPlanPtr queues_with_jobs_plan;
 static SPIPlanPtr complete_plan;
 static SPIPlanPtr fail_plan;
 static SPIPlanPtr lock_queue_plan;
@@ -161,9 +181,28 @@ static const char *FAIL_SQL =
 " WHERE j.id = $1 AND j.state = 'running' AND j.attempted_by = $2"
 " RETURNING j.state::text";
 
-/* Serialises claimers of a limited queue; no row: paused or gone. */
+/*
+ * The queues that have available jobs, one index probe per such queue (a
+ * skip scan of jobs_available): what a claim cycle costs does not grow
+ * with the number of queues.
+ */
+static const char *QUEUES_WITH_JOBS_SQL =
+"WITH RECURSIVE q(name) AS ("
+"    (SELECT queue FROM jobq.jobs WHERE state = 'available' ORDER BY queue LIMIT 1)"
+"    UNION ALL"
+"    SELECT (SELECT j.queue FROM jobq.jobs j"
+"             WHERE j.state = 'available' AND j.queue > q.name"
+"             ORDER BY j.queue LIMIT 1)"
+"      FROM q WHERE q.name IS NOT NULL)"
+"SELECT name FROM q WHERE name IS NOT NULL";
+
+/*
+ * Serialises claimers of a limited queue; no row: paused, gone, or locked
+ * by another claimer or a user's open transaction (skipped this time).
+ */
 static const char *LOCK_QUEUE_SQL =
-"SELECT concurrency FROM jobq.queues WHERE name = $1 AND NOT paused FOR UPDATE";
+"SELECT concurrency FROM jobq.queues WHERE name = $1 AND NOT paused"
+"   FOR UPDATE SKIP LOCKED";
 
 static const char *COUNT_RUNNING_SQL =
 "SELECT count(*) FROM jobq.jobs WHERE state = 'running' AND queue = $1";
@@ -176,7 +215,7 @@ static const char *LOAD_KINDS_SQL =
 "  FROM jobq.handlers h LEFT JOIN pg_proc p ON p.oid = h.handler";
 
 static const char *LOAD_QUEUES_SQL =
-"SELECT name, paused, concurrency IS NOT NULL FROM jobq.queues ORDER BY name";
+"SELECT name, paused, concurrency IS NOT NULL FROM jobq.queues";
 
 static void
 prepare_plans(void)
@@ -190,6 +229,7 @@ prepare_plans(void)
 	if (claim_plan != NULL)
 		return;
 	claim_plan = jobq_prepare(CLAIM_SQL, lengthof(claim_types), claim_types);
+	queues_with_jobs_plan = jobq_prepare(QUEUES_WITH_JOBS_SQL, 0, NULL);
 	complete_plan = jobq_prepare(COMPLETE_SQL, 3, complete_types);
 	fail_plan = jobq_prepare(FAIL_SQL, 8, fail_types);
 	lock_queue_plan = jobq_prepare(LOCK_QUEUE_SQL, 1, queue_types);
@@ -261,27 +301,57 @@ load_kinds(void)
 	alone_kinds = procedure_kinds();
 }
 
+/* Called after load_kinds(), which resets kinds_cxt. */
 static void
 load_queues(void)
 {
-	MemoryContext old;
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = QUEUE_KEY_LEN;
+	ctl.entrysize = sizeof(QueueEntry);
+	ctl.hcxt = kinds_cxt;
+	queues = hash_create("jobq queues", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
 	if (SPI_execute_plan(load_queues_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not load jobq queues");
-	old = MemoryContextSwitchTo(kinds_cxt);
-	nqueues = (int) SPI_processed;
-	queues = palloc0(sizeof(QueueEntry) * Max(nqueues, 1));
-	for (int i = 0; i < nqueues; i++)
+	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(tup, desc, 1);
 		bool		isnull;
+		QueueEntry *q;
 
-		queues[i].name = SPI_getvalue(tup, desc, 1);
-		queues[i].paused = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
-		queues[i].limited = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		if (strlen(name) >= QUEUE_KEY_LEN)
+			continue;			/* cannot happen: a CHECK bounds the length */
+		q = hash_search(queues, name, HASH_ENTER, NULL);
+		q->paused = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		q->limited = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 	}
-	MemoryContextSwitchTo(old);
+}
+
+/* The known, unpaused queues that have available jobs, in batch_cxt. */
+static QueueEntry **
+queues_with_jobs(int *count)
+{
+	QueueEntry **ready;
+	int			n = 0;
+
+	if (SPI_execute_plan(queues_with_jobs_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not find the queues with available jobs");
+	ready = MemoryContextAlloc(batch_cxt, sizeof(QueueEntry *) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		QueueEntry *q = strlen(name) < QUEUE_KEY_LEN ?
+			hash_search(queues, name, HASH_FIND, NULL) : NULL;
+
+		if (q != NULL && !q->paused)
+			ready[n++] = q;
+	}
+	*count = n;
+	return ready;
 }
 
 /* Reloads kinds and queues when jobq.handlers or jobq.queues changed. */
@@ -362,11 +432,16 @@ kind_entry(const char *kind)
 	return hash_search(kinds, kind, HASH_FIND, NULL);
 }
 
-/* The owner must still exist and may execute the handler; cached per kind. */
+/*
+ * The owner must still exist and may call the handler as if by name: usage
+ * of its schema, and execute.  Cached per kind until a role, membership or
+ * function changes.
+ */
 static void
 check_owner(KindEntry *k, Oid owner)
 {
 	AclResult	aclresult;
+	Oid			schema;
 
 	if (k->checked_owner == owner)
 		return;
@@ -374,6 +449,10 @@ check_owner(KindEntry *k, Oid owner)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("the role that enqueued this job no longer exists")));
+	schema = get_func_namespace(k->handler);
+	aclresult = pg_namespace_aclcheck(schema, owner, ACL_USAGE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_SCHEMA, get_namespace_name(schema));
 	aclresult = pg_proc_aclcheck(k->handler, owner, ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(k->handler));
@@ -395,7 +474,7 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 	int			n = 0;
 	MemoryContext old;
 
-	values[0] = Int64GetDatum((int64) my_incarnation);
+	values[0] = Int64GetDatum((int64) my_claim);
 	values[1] = CStringGetTextDatum(q->name);
 
 	if (q->limited)
@@ -470,6 +549,8 @@ claim_jobs(ClaimedJob **jobs_out)
 	int			capacity = claim_capacity();
 	ClaimedJob *jobs = MemoryContextAllocZero(batch_cxt, sizeof(ClaimedJob) * capacity);
 	ClaimedJob *ordered;
+	QueueEntry **ready;
+	int			nready;
 	int			n = 0;
 	int			first = 0;
 	int			start;
@@ -490,19 +571,16 @@ claim_jobs(ClaimedJob **jobs_out)
 	prepare_plans();
 	refresh_caches(generation);
 
-	start = nqueues > 0 ? (int) (queue_rotor++ % (uint32) nqueues) : 0;
-	for (int i = 0; i < nqueues && n < capacity; i++)
+	ready = queues_with_jobs(&nready);
+	start = nready > 0 ? (int) (queue_rotor++ % (uint32) nready) : 0;
+	for (int i = 0; i < nready && n < capacity; i++)
 	{
-		QueueEntry *q = &queues[(start + i) % nqueues];
+		QueueEntry *q = ready[(start + i) % nready];
+		int			got = claim_from_queue(q, capacity - n, !claimed_alone, jobs + n);
 
-		if (!q->paused)
-		{
-			int			got = claim_from_queue(q, capacity - n, !claimed_alone, jobs + n);
-
-			for (int j = n; j < n + got; j++)
-				claimed_alone |= jobs[j].alone;
-			n += got;
-		}
+		for (int j = n; j < n + got; j++)
+			claimed_alone |= jobs[j].alone;
+		n += got;
 	}
 
 	jobq_xact_end();
@@ -553,14 +631,47 @@ call_handler(KindEntry *k, ClaimedJob *job, bool *result_isnull)
 	return result;
 }
 
+/*
+ * jobq's own statements in a worker wait at most this long for a row lock:
+ * only a user's jobq.cancel() in a transaction still open can hold a
+ * running job's row, and the job is then left to it and the rescuer.
+ */
+static int
+own_settings_begin(void)
+{
+	int			nest = NewGUCNestLevel();
+
+	(void) set_config_option("lock_timeout", CppAsString2(JOBQ_LOCK_TIMEOUT_MS),
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nest;
+}
+
+/* Text of an error entry: at most ERROR_FIELD_MAX bytes, whole characters. */
+static Datum
+error_field(const char *text)
+{
+	int			len = strlen(text);
+
+	if (len > ERROR_FIELD_MAX)
+		len = pg_mbcliplen(text, len, ERROR_FIELD_MAX);
+	return PointerGetDatum(cstring_to_text_with_len(text, len));
+}
+
+/*
+ * Records a failed attempt, in a subtransaction: if even that fails (the
+ * row locked past the lock timeout, a late cancel), the job stays running
+ * under our claim, and the rescuer takes it once we withdraw the claim.
+ */
 static void
 record_failure(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *outcome)
 {
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
 	Datum		values[8];
 	char		nulls[8];
 	int64		delay_ms = jobq_retry_backoff_ms(job->attempt, k ? k->backoff_max_ms : -1);
 	const char *texts[5];
-	char	   *state;
+	char	   *state = NULL;
 
 	texts[0] = edata->message;
 	texts[1] = unpack_sql_state(edata->sqlerrcode);
@@ -569,28 +680,60 @@ record_failure(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *ou
 	texts[4] = edata->context;
 
 	values[0] = Int64GetDatum(job->id);
-	values[1] = Int64GetDatum((int64) my_incarnation);
+	values[1] = Int64GetDatum((int64) my_claim);
 	values[2] = Float8GetDatum((double) delay_ms);
 	nulls[0] = nulls[1] = nulls[2] = ' ';
 	for (int i = 0; i < 5; i++)
 	{
 		nulls[3 + i] = texts[i] ? ' ' : 'n';
-		values[3 + i] = texts[i] ? CStringGetTextDatum(texts[i]) : (Datum) 0;
+		values[3 + i] = texts[i] ? error_field(texts[i]) : (Datum) 0;
 	}
 
-	if (SPI_execute_plan(fail_plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not record the failure of job " INT64_FORMAT, job->id);
-	if (SPI_processed == 0)
-		return;					/* cancelled meanwhile */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		int			nest = own_settings_begin();
+
+		if (SPI_execute_plan(fail_plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not record the failure of job " INT64_FORMAT, job->id);
+		if (SPI_processed > 0)
+			state = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1));
+		AtEOXact_GUC(true, nest);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *failed;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(cxt);
+		failed = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		RESUME_INTERRUPTS();
+		left_behind = true;
+		ereport(WARNING,
+				(errcode(failed->sqlerrcode),
+				 errmsg("jobq could not record the failure of job " INT64_FORMAT " of kind \"%s\": %s",
+						job->id, job->kind, failed->message),
+				 errdetail("The rescuer gives the job back once this worker's batch ends.")));
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+
+	if (state == NULL)
+		return;					/* cancelled meanwhile, or left behind */
 
 	outcome->failed++;
-	state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	if (strcmp(state, "discarded") == 0)
 	{
 		outcome->finished = true;
 		ereport(LOG,
 				(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" discarded after %d attempts: %s",
-						job->id, job->kind, job->attempt, edata->message)));
+						job->id, job->kind, job->attempt, TextDatumGetCString(values[3]))));
 	}
 	else if (strcmp(state, "available") == 0)
 		outcome->made_available++;
@@ -600,7 +743,83 @@ record_failure(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *ou
 	if (jobq_log_jobs)
 		ereport(LOG,
 				(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" failed (attempt %d of %d): %s",
-						job->id, job->kind, job->attempt, job->max_attempts, edata->message)));
+						job->id, job->kind, job->attempt, job->max_attempts,
+						TextDatumGetCString(values[3]))));
+}
+
+/*
+ * The job watchdog: a timer that ticks while a handler runs.  It runs in a
+ * signal handler, so it only reads atomics and sends signals to ourselves:
+ * SIGINT (a query cancel, which the handler may catch) once a committed
+ * jobq.cancel() names the job, and SIGTERM (a FATAL exit, which it cannot)
+ * once the job runs jobq.timeout_grace past its timeout or past that
+ * cancel.  Exiting is what makes both final: the rescuer takes the job.
+ */
+static TimeoutId watchdog_timeout;
+static volatile int64 watched_job = 0;
+static volatile TimestampTz watch_deadline;
+static volatile bool watch_saw_cancel;
+static volatile bool watch_terminated;
+
+static void
+job_watchdog(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			save_errno = errno;
+
+	if (watched_job == 0 || watch_terminated)
+		return;
+	if (!watch_saw_cancel &&
+		pg_atomic_read_u64(&me->cancel_job) == (uint64) watched_job)
+	{
+		watch_saw_cancel = true;
+		watch_deadline = Min(watch_deadline,
+							 TimestampTzPlusMilliseconds(now, jobq_timeout_grace_ms));
+		kill(MyProcPid, SIGINT);
+	}
+	if (now >= watch_deadline)
+	{
+		watch_terminated = true;
+		kill(MyProcPid, SIGTERM);
+	}
+	errno = save_errno;
+}
+
+static void
+watchdog_start(ClaimedJob *job, KindEntry *k, TimestampTz started)
+{
+	watch_saw_cancel = false;
+	watch_terminated = false;
+	watch_deadline = TimestampTzPlusMilliseconds(started,
+												 Min(k->timeout_ms + jobq_timeout_grace_ms,
+													 (int64) 100 * 365 * 24 * 3600 * 1000));
+	watched_job = job->id;
+	enable_timeout_every(watchdog_timeout,
+						 TimestampTzPlusMilliseconds(started, WATCHDOG_TICK_MS),
+						 WATCHDOG_TICK_MS);
+}
+
+static void
+watchdog_stop(void)
+{
+	disable_timeout(watchdog_timeout, false);
+	watched_job = 0;
+}
+
+/* Says why the worker exits when the watchdog terminated it. */
+static void
+watchdog_exit(int code, Datum arg)
+{
+	if (!watch_terminated)
+		return;
+	ereport(LOG,
+			(errmsg("jobq worker %d of database \"%s\" terminated itself: its job did not stop %d ms after %s",
+					me->number, jobq_process_database(), jobq_timeout_grace_ms,
+					watch_saw_cancel ? "being cancelled" : "its timeout"),
+			 errdetail("The rescuer gives the job back (unless it was cancelled); the worker restarts.")));
+	jobq_component_error(me, watch_saw_cancel ?
+						 "terminated: a cancelled job did not stop within jobq.timeout_grace" :
+						 "terminated: a job did not stop within jobq.timeout_grace after its timeout");
 }
 
 /*
@@ -621,7 +840,7 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 	MemoryContextSwitchTo(job_cxt);
 	snprintf(activity, sizeof(activity), "jobq job " INT64_FORMAT " (%s)", job->id, job->kind);
 	pgstat_report_activity(STATE_RUNNING, activity);
-	jobq_component_set_job(me, job->id);
+	jobq_component_set_job(me, job->id, job->owner);
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 
 	BeginInternalSubTransaction(NULL);
@@ -656,11 +875,13 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 							   SECURITY_RESTRICTED_OPERATION);
 		jobq_current_job_id = job->id;
 		enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(k->timeout_ms, INT_MAX));
+		watchdog_start(job, k, started);
 		timeout_armed = true;
 
 		result = call_handler(k, job, &result_isnull);
 
 		disable_timeout(STATEMENT_TIMEOUT, false);
+		watchdog_stop();
 		timeout_armed = false;
 		jobq_current_job_id = 0;
 		/* leave the session as the job found it, whatever it SET */
@@ -668,11 +889,13 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 
 		values[0] = Int64GetDatum(job->id);
-		values[1] = Int64GetDatum((int64) my_incarnation);
+		values[1] = Int64GetDatum((int64) my_claim);
 		values[2] = result;
 		nulls[2] = result_isnull ? 'n' : ' ';
+		gucs = own_settings_begin();
 		if (SPI_execute_plan(complete_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not complete job " INT64_FORMAT, job->id);
+		AtEOXact_GUC(true, gucs);
 
 		if (SPI_processed == 1)
 		{
@@ -699,7 +922,10 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 		ErrorData  *edata;
 
 		if (timeout_armed)
+		{
 			disable_timeout(STATEMENT_TIMEOUT, false);
+			watchdog_stop();
+		}
 		jobq_current_job_id = 0;
 		MemoryContextSwitchTo(job_cxt);
 		edata = CopyErrorData();
@@ -708,6 +934,8 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 		MemoryContextSwitchTo(job_cxt);
 		CurrentResourceOwner = oldowner;
 		SetUserIdAndSecContext(save_userid, save_sec_context);
+		/* a cancel that arrived after the handler returned hit nobody */
+		QueryCancelPending = false;
 
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && k != NULL &&
 			TimestampDifferenceExceeds(started, GetCurrentTimestamp(), (int) Min(k->timeout_ms, INT_MAX)))
@@ -717,7 +945,9 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 	}
 	PG_END_TRY();
 
-	jobq_component_set_job(me, 0);
+	/* a session advisory lock must not outlive its job (leader election) */
+	LockReleaseSession(USER_LOCKMETHOD);
+	jobq_component_set_job(me, 0, InvalidOid);
 	{
 		long		secs;
 		int			usecs;
@@ -797,9 +1027,13 @@ jobq_worker_main(Datum main_arg)
 	int			failures = 0;
 
 	me = jobq_process_start(main_arg, "jobq worker");
-	SpinLockAcquire(&me->mutex);
-	my_incarnation = me->incarnation;
-	SpinLockRelease(&me->mutex);
+	if (!pg_strong_random(&claim_base, sizeof(claim_base)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random jobq claim id")));
+	claim_base &= UINT64CONST(0x7fffffff00000000);	/* shown as a positive bigint */
+	watchdog_timeout = RegisterTimeout(USER_TIMEOUT, job_watchdog);
+	before_shmem_exit(watchdog_exit, (Datum) 0);
 
 	worker_cxt = AllocSetContextCreate(TopMemoryContext, "jobq worker", ALLOCSET_DEFAULT_SIZES);
 	kinds_cxt = AllocSetContextCreate(worker_cxt, "jobq kinds", ALLOCSET_DEFAULT_SIZES);
@@ -813,6 +1047,7 @@ jobq_worker_main(Datum main_arg)
 	CacheRegisterSyscacheCallback(PROCOID, invalidate_caches, (Datum) 0);
 	CacheRegisterSyscacheCallback(AUTHOID, invalidate_caches, (Datum) 0);
 	CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, invalidate_caches, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, invalidate_caches, (Datum) 0);
 
 	ereport(LOG,
 			(errmsg("jobq worker %d started in database \"%s\"",
@@ -827,6 +1062,12 @@ jobq_worker_main(Datum main_arg)
 
 		/* idle before looking: a commit after our look finds us idle */
 		jobq_component_set_state(me, JOBQ_IDLE);
+
+		/* published before the claim's snapshot: see the rescuer */
+		my_claim = claim_base | ++claim_count;
+		if (my_claim == 0)
+			my_claim = claim_base | ++claim_count;
+		jobq_component_set_claim(me, my_claim);
 
 		PG_TRY();
 		{
@@ -843,11 +1084,26 @@ jobq_worker_main(Datum main_arg)
 		}
 		PG_CATCH();
 		{
+			watchdog_stop();
 			jobq_process_recover(me, worker_cxt);
+			/* an aborted batch leaves its jobs running: rescue them */
+			left_behind = true;
 			failures++;
 		}
 		PG_END_TRY();
 		MemoryContextReset(batch_cxt);
+
+		/* every outcome of the claim is committed or given up: withdraw it */
+		jobq_component_set_claim(me, 0);
+		pg_atomic_write_u64(&me->cancel_job, 0);
+		if (left_behind)
+		{
+			JobqDatabase *db = &JobqShared->databases[me->db_index];
+
+			left_behind = false;
+			pg_atomic_fetch_add_u32(&db->lost_workers, 1);
+			jobq_wake_leader(me->db_index);
+		}
 
 		if (failures > 0)
 		{

@@ -1,0 +1,638 @@
+/* jobq--0.1.0--0.2.0.sql: from 0.1.0 to 0.2.0 */
+
+\echo Use "ALTER EXTENSION jobq UPDATE" to load this file. \quit
+
+/* ---------------------------------------------------------------------
+ * Permissions on kinds and queues
+ *
+ * Kinds and queues have owners, like tables.  Using one -- enqueueing a
+ * kind, enqueueing into a queue, scheduling a kind, registering a kind on a
+ * queue -- needs the privileges of its owner or a grant.  A kind's handler
+ * runs as the role that enqueues: when the kind's owner does not have that
+ * role's privileges, it would gain them through its handler, so such an
+ * enqueue also needs a grant made by a role that does have them (a
+ * superuser, typically).  jobq.grants holds the grants; grantee 0 is
+ * PUBLIC.  No reg* column: pg_upgrade refuses tables with them.
+ * --------------------------------------------------------------------- */
+
+CREATE TABLE jobq.grants (
+	object_type text NOT NULL CHECK (object_type IN ('kind', 'queue')),
+	object_name text NOT NULL,
+	grantee		oid NOT NULL,
+	granted_by	oid NOT NULL,
+	granted_at	timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (object_type, object_name, grantee)
+);
+COMMENT ON TABLE jobq.grants IS
+	'Who may use a kind or queue besides its owner''s members (grantee 0: PUBLIC)';
+REVOKE ALL ON jobq.grants FROM PUBLIC;
+GRANT SELECT ON jobq.grants TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('jobq.grants',
+	'WHERE NOT (object_type = ''queue'' AND object_name = ''default'' AND grantee = 0)');
+
+/* Everyone may use the default queue, as before. */
+INSERT INTO jobq.grants (object_type, object_name, grantee, granted_by)
+SELECT 'queue', 'default', 0, q.owner FROM jobq.queues q WHERE q.name = 'default';
+
+/*
+ * Whether caller may use an object owned by owner: it has the owner's
+ * privileges, or holds a grant (to it, a role it has the privileges of, or
+ * PUBLIC) made by a role with the owner's privileges.  With run_as_caller
+ * (a kind: the owner's code will run as caller) an owner without the
+ * caller's privileges also needs such a grant made by a role with the
+ * caller's privileges.
+ */
+CREATE FUNCTION jobq._check_use(caller regrole, object_type text, object_name text,
+								owner regrole, run_as_caller boolean)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	what text := format(CASE object_type WHEN 'kind' THEN 'job kind "%s"'
+							ELSE 'queue "%s"' END, object_name);
+BEGIN
+	IF NOT pg_has_role(caller, owner, 'USAGE') AND NOT EXISTS (
+		SELECT FROM jobq.grants g
+		 WHERE g.object_type = _check_use.object_type
+		   AND g.object_name = _check_use.object_name
+		   AND (g.grantee = 0 OR pg_has_role(caller, g.grantee, 'USAGE'))
+		   AND pg_has_role(g.granted_by, owner, 'USAGE')) THEN
+		RAISE EXCEPTION 'permission denied for %', what
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('It belongs to role %s.', owner),
+				  HINT = format('Its owner can allow it with jobq.grant(%L, %L, %L).',
+								object_type, object_name, caller::text);
+	END IF;
+	IF run_as_caller AND NOT pg_has_role(owner, caller, 'USAGE') AND NOT EXISTS (
+		SELECT FROM jobq.grants g
+		 WHERE g.object_type = _check_use.object_type
+		   AND g.object_name = _check_use.object_name
+		   AND (g.grantee = 0 OR pg_has_role(caller, g.grantee, 'USAGE'))
+		   AND pg_has_role(g.granted_by, caller, 'USAGE')) THEN
+		RAISE EXCEPTION 'permission denied for %', what
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('Its handler belongs to role %s, which does not have the privileges of role %s; running it as %s would give them to it.',
+								  owner, caller, caller),
+				  HINT = format('A role with the privileges of %s (a superuser, say) can allow it with jobq.grant(%L, %L, %L).',
+								caller, object_type, object_name, caller::text);
+	END IF;
+END $$;
+
+/* The owner of a kind or queue, or an error naming what does not exist. */
+CREATE FUNCTION jobq._owner_of(object_type text, object_name text) RETURNS regrole
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	o regrole;
+BEGIN
+	IF object_type = 'kind' THEN
+		SELECT h.owner INTO o FROM jobq.handlers h WHERE h.kind = object_name;
+	ELSIF object_type = 'queue' THEN
+		SELECT q.owner INTO o FROM jobq.queues q WHERE q.name = object_name;
+	ELSE
+		RAISE EXCEPTION 'cannot grant on "%"', object_type
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Grants are on a ''kind'' or a ''queue''.';
+	END IF;
+	IF o IS NULL THEN
+		RAISE EXCEPTION '% "%" does not exist',
+			CASE object_type WHEN 'kind' THEN 'job kind' ELSE 'queue' END, object_name
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN o;
+END $$;
+
+/* A grantee as an oid: a role name, or PUBLIC (0). */
+CREATE FUNCTION jobq._grantee(grantee text) RETURNS oid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r oid;
+BEGIN
+	IF grantee IS NULL THEN
+		RAISE EXCEPTION 'grantee must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF lower(grantee) = 'public' THEN
+		RETURN 0;
+	END IF;
+	SELECT a.oid INTO r FROM pg_roles a WHERE a.rolname = grantee;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'role "%" does not exist', grantee USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN r;
+END $$;
+
+CREATE FUNCTION jobq._grant(caller regrole, object_type text, object_name text, grantee text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	owner regrole := jobq._owner_of(object_type, object_name);
+	r oid := jobq._grantee(grantee);
+BEGIN
+	PERFORM jobq._check_member(caller, owner,
+		format('%s "%s"', CASE object_type WHEN 'kind' THEN 'job kind' ELSE 'queue' END, object_name));
+	INSERT INTO jobq.grants AS g (object_type, object_name, grantee, granted_by)
+	VALUES (object_type, object_name, r, caller)
+	ON CONFLICT ON CONSTRAINT grants_pkey DO UPDATE
+	   SET granted_by = excluded.granted_by, granted_at = excluded.granted_at;
+END $$;
+CREATE FUNCTION jobq.grant(object_type text, object_name text, grantee text) RETURNS void
+	LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.grant(text, text, text) IS
+	'Lets a role (or PUBLIC) use a kind (enqueue, schedule) or a queue (enqueue into, register on) the caller owns';
+
+CREATE FUNCTION jobq._revoke(caller regrole, object_type text, object_name text, grantee text)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	owner regrole := jobq._owner_of(object_type, object_name);
+	r oid := jobq._grantee(grantee);
+BEGIN
+	PERFORM jobq._check_member(caller, owner,
+		format('%s "%s"', CASE object_type WHEN 'kind' THEN 'job kind' ELSE 'queue' END, object_name));
+	DELETE FROM jobq.grants g
+	 WHERE g.object_type = _revoke.object_type AND g.object_name = _revoke.object_name
+	   AND g.grantee = r;
+	RETURN FOUND;
+END $$;
+CREATE FUNCTION jobq.revoke(object_type text, object_name text, grantee text) RETURNS boolean
+	LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.revoke(text, text, text) IS
+	'Takes back a grant made with jobq.grant(); false if there was none';
+
+/* ---------------------------------------------------------------------
+ * Enqueueing checks who may use the kind and the queue
+ * --------------------------------------------------------------------- */
+
+DROP FUNCTION jobq._new_job(text, timestamptz, text, integer, integer);
+CREATE FUNCTION jobq._new_job(caller regrole, kind text, run_at timestamptz, queue text,
+							  priority integer, max_attempts integer)
+RETURNS jobq._new_job LANGUAGE plpgsql STABLE AS $$
+DECLARE
+	h jobq.handlers;
+	j jobq._new_job;
+	q regrole;
+BEGIN
+	h := jobq._handler_of(kind);
+	PERFORM jobq._check_use(caller, 'kind', kind, h.owner, true);
+	j.queue := coalesce(queue, h.queue);
+	PERFORM jobq._check_queue(j.queue);
+	SELECT qs.owner INTO q FROM jobq.queues qs WHERE qs.name = j.queue;
+	PERFORM jobq._check_use(caller, 'queue', j.queue, q, false);
+	PERFORM jobq._check_priority(priority);
+	j.priority := coalesce(priority, h.priority);
+	PERFORM jobq._check_max_attempts(max_attempts);
+	j.max_attempts := coalesce(max_attempts, h.max_attempts);
+	IF run_at IN ('infinity', '-infinity') THEN
+		RAISE EXCEPTION 'run_at must be a finite time, not %', run_at
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	j.scheduled_at := coalesce(run_at, now());
+	j.state := CASE WHEN j.scheduled_at > now() THEN 'scheduled' ELSE 'available' END;
+	RETURN j;
+END $$;
+REVOKE ALL ON FUNCTION jobq._new_job(regrole, text, timestamptz, text, integer, integer) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION jobq._enqueue(caller regrole, kind text, args jsonb, run_at timestamptz,
+										 queue text, priority integer, max_attempts integer,
+										 unique_key text)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+	j jobq._new_job;
+	job_id bigint;
+BEGIN
+	j := jobq._new_job(caller, kind, run_at, queue, priority, max_attempts);
+	args := coalesce(args, '{}');
+	PERFORM jobq._check_args(args);
+
+	IF unique_key IS NULL THEN
+		INSERT INTO jobq.jobs (kind, args, queue, priority, state, max_attempts, scheduled_at, owner)
+		VALUES (kind, args, j.queue, j.priority, j.state, j.max_attempts, j.scheduled_at, caller)
+		RETURNING id INTO job_id;
+	ELSE
+		/*
+		 * The unique index decides between concurrent enqueuers; the loser
+		 * returns the winner's job.  The loop covers that job becoming final
+		 * between our insert attempt and our look-up.
+		 */
+		LOOP
+			INSERT INTO jobq.jobs (kind, args, queue, priority, state, max_attempts,
+								   scheduled_at, owner, unique_key)
+			VALUES (kind, args, j.queue, j.priority, j.state, j.max_attempts,
+					j.scheduled_at, caller, unique_key)
+			ON CONFLICT (kind, owner, unique_key)
+				WHERE unique_key IS NOT NULL
+				  AND state IN ('scheduled', 'available', 'running', 'retryable')
+				DO NOTHING
+			RETURNING id INTO job_id;
+			EXIT WHEN job_id IS NOT NULL;
+			SELECT id INTO job_id FROM jobq.jobs
+			 WHERE jobs.kind = _enqueue.kind AND jobs.owner = caller
+			   AND jobs.unique_key = _enqueue.unique_key
+			   AND state IN ('scheduled', 'available', 'running', 'retryable');
+			IF FOUND THEN
+				RETURN job_id;
+			END IF;
+		END LOOP;
+	END IF;
+	PERFORM jobq._wake_for(j.state, 1);
+	RETURN job_id;
+END $$;
+
+CREATE OR REPLACE FUNCTION jobq._enqueue_many(caller regrole, kind text, args jsonb[], run_at timestamptz,
+											  queue text, priority integer, max_attempts integer)
+RETURNS bigint[] LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	j jobq._new_job;
+	ids bigint[];
+	bad integer;
+BEGIN
+	j := jobq._new_job(caller, kind, run_at, queue, priority, max_attempts);
+	IF args IS NULL THEN
+		RAISE EXCEPTION 'args must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT min(n) INTO bad FROM unnest(args) WITH ORDINALITY AS a(v, n)
+	 WHERE v IS NOT NULL AND jsonb_typeof(v) <> 'object';
+	IF bad IS NOT NULL THEN
+		RAISE EXCEPTION 'job args must be JSON objects, element % is not', bad
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	/* identities are drawn in input order, so sorting ids restores it */
+	WITH inserted AS (
+		INSERT INTO jobq.jobs (kind, args, queue, priority, state, max_attempts, scheduled_at, owner)
+		SELECT kind, coalesce(a.v, '{}'), j.queue, j.priority, j.state, j.max_attempts,
+			   j.scheduled_at, caller
+		  FROM unnest(args) WITH ORDINALITY AS a(v, n)
+		 ORDER BY a.n
+		RETURNING id)
+	SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO ids FROM inserted;
+	PERFORM jobq._wake_for(j.state, cardinality(ids));
+	RETURN ids;
+END $$;
+
+CREATE OR REPLACE FUNCTION jobq._schedule(caller regrole, name text, cron text, kind text, args jsonb,
+										  queue text, priority integer, max_attempts integer)
+RETURNS timestamptz LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	old jobq.schedules;
+	next_fire timestamptz;
+BEGIN
+	IF name IS NULL OR name = '' THEN
+		RAISE EXCEPTION 'schedule name must not be null or empty' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF cron IS NULL THEN
+		RAISE EXCEPTION 'cron expression must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	next_fire := jobq._cron_next(cron, now());
+	PERFORM jobq._new_job(caller, kind, NULL, queue, priority, max_attempts);
+	args := coalesce(args, '{}');
+	PERFORM jobq._check_args(args);
+	SELECT * INTO old FROM jobq.schedules s WHERE s.name = _schedule.name FOR UPDATE;
+	IF FOUND THEN
+		PERFORM jobq._check_member(caller, old.owner, format('schedule "%s"', name));
+		UPDATE jobq.schedules s
+		   SET cron = _schedule.cron, kind = _schedule.kind, args = _schedule.args,
+			   queue = _schedule.queue, priority = _schedule.priority,
+			   max_attempts = _schedule.max_attempts, next_fire_at = next_fire
+		 WHERE s.name = _schedule.name;
+	ELSE
+		INSERT INTO jobq.schedules (name, cron, kind, args, queue, priority, max_attempts,
+									owner, next_fire_at)
+		VALUES (name, cron, kind, args, queue, priority, max_attempts, caller, next_fire);
+	END IF;
+	PERFORM jobq._wake_leader_at_commit();
+	RETURN next_fire;
+END $$;
+
+/* ---------------------------------------------------------------------
+ * Registering: the queue must be usable, the handler's schema too, and a
+ * timeout is positive the way the worker measures it
+ * --------------------------------------------------------------------- */
+
+CREATE OR REPLACE FUNCTION jobq._register(caller regrole, kind text, handler regprocedure,
+										  queue text, max_attempts integer, timeout interval,
+										  priority integer, backoff_max interval)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+	p pg_proc;
+	old jobq.handlers;
+	rettype_kind "char";
+	queue_owner regrole;
+BEGIN
+	IF kind IS NULL OR kind = '' THEN
+		RAISE EXCEPTION 'job kind must not be null or empty' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(kind) > 128 THEN
+		RAISE EXCEPTION 'job kind is too long'
+			USING ERRCODE = 'string_data_right_truncation',
+				  DETAIL = format('A kind is at most 128 bytes; this one has %s.', octet_length(kind));
+	END IF;
+	IF handler IS NULL THEN
+		RAISE EXCEPTION 'handler must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO p FROM pg_proc WHERE oid = handler;
+	IF p.prokind NOT IN ('f', 'p') OR p.pronargs <> 1
+	   OR p.proargtypes[0] <> 'jsonb'::regtype OR p.proretset THEN
+		RAISE EXCEPTION 'function % cannot be a job handler', handler
+			USING ERRCODE = 'invalid_function_definition',
+				  DETAIL = 'A handler is a function or procedure with exactly one argument of type jsonb that does not return a set.';
+	END IF;
+	SELECT typtype INTO rettype_kind FROM pg_type WHERE oid = p.prorettype;
+	IF p.prokind = 'f' AND rettype_kind = 'p'
+	   AND p.prorettype NOT IN ('void'::regtype, 'record'::regtype) THEN
+		RAISE EXCEPTION 'function % cannot be a job handler', handler
+			USING ERRCODE = 'invalid_function_definition',
+				  DETAIL = format('Its result type %s cannot be stored as jsonb.', p.prorettype::regtype);
+	END IF;
+	/* as for a call by name: usage of the schema, and execute */
+	IF NOT has_schema_privilege(caller, p.pronamespace, 'USAGE') THEN
+		RAISE EXCEPTION 'permission denied for schema %', p.pronamespace::regnamespace
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('Role %s may not use the schema of the handler it registers.', caller);
+	END IF;
+	IF NOT has_function_privilege(caller, handler, 'EXECUTE') THEN
+		RAISE EXCEPTION 'permission denied for function %', handler
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('Role %s may not execute the handler it registers.', caller);
+	END IF;
+	PERFORM jobq._check_queue(queue);
+	SELECT q.owner INTO queue_owner FROM jobq.queues q WHERE q.name = _register.queue;
+	PERFORM jobq._check_use(caller, 'queue', queue, queue_owner, false);
+	PERFORM jobq._check_max_attempts(max_attempts);
+	PERFORM jobq._check_priority(priority);
+	IF max_attempts IS NULL OR priority IS NULL OR timeout IS NULL THEN
+		RAISE EXCEPTION 'max_attempts, timeout and priority must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	/* as the worker measures it: a month is not always 30 days here */
+	IF extract(epoch FROM timeout) <= 0 THEN
+		RAISE EXCEPTION 'timeout must be positive, not %', timeout
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF extract(epoch FROM backoff_max) < 0 THEN
+		RAISE EXCEPTION 'backoff_max must not be negative, not %', backoff_max
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	SELECT * INTO old FROM jobq.handlers h WHERE h.kind = _register.kind FOR UPDATE;
+	IF FOUND THEN
+		PERFORM jobq._check_member(caller, old.owner, format('job kind "%s"', kind));
+	END IF;
+	INSERT INTO jobq.handlers AS h (kind, handler, queue, max_attempts, timeout,
+									priority, backoff_max, owner)
+	VALUES (kind, handler, queue, max_attempts, timeout, priority, backoff_max, caller)
+	ON CONFLICT (kind) DO UPDATE
+	   SET handler = excluded.handler, queue = excluded.queue,
+		   max_attempts = excluded.max_attempts, timeout = excluded.timeout,
+		   priority = excluded.priority, backoff_max = excluded.backoff_max,
+		   registered_at = now();
+	PERFORM jobq._config_changed();
+END $$;
+
+/* Grants on a kind or queue go with it. */
+CREATE OR REPLACE FUNCTION jobq._unregister(caller regrole, kind text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	h jobq.handlers;
+BEGIN
+	h := jobq._handler_of(kind);
+	PERFORM jobq._check_member(caller, h.owner, format('job kind "%s"', kind));
+	PERFORM FROM jobq.jobs j
+	 WHERE j.kind = _unregister.kind
+	   AND j.state IN ('scheduled', 'available', 'running', 'retryable');
+	IF FOUND THEN
+		RAISE EXCEPTION 'job kind "%" still has jobs that are not final', kind
+			USING ERRCODE = 'dependent_objects_still_exist',
+				  HINT = 'Wait for them, or cancel them with jobq.cancel().';
+	END IF;
+	PERFORM FROM jobq.schedules s WHERE s.kind = _unregister.kind;
+	IF FOUND THEN
+		RAISE EXCEPTION 'job kind "%" is used by a schedule', kind
+			USING ERRCODE = 'dependent_objects_still_exist',
+				  HINT = 'Remove the schedule with jobq.unschedule().';
+	END IF;
+	DELETE FROM jobq.handlers WHERE handlers.kind = _unregister.kind;
+	DELETE FROM jobq.grants g WHERE g.object_type = 'kind' AND g.object_name = _unregister.kind;
+	PERFORM jobq._config_changed();
+END $$;
+
+CREATE OR REPLACE FUNCTION jobq._drop_queue(caller regrole, queue text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	q jobq.queues;
+BEGIN
+	PERFORM jobq._check_queue(queue);
+	IF queue = 'default' THEN
+		RAISE EXCEPTION 'cannot drop the default queue' USING ERRCODE = 'object_in_use';
+	END IF;
+	SELECT * INTO q FROM jobq.queues WHERE name = queue FOR UPDATE;
+	PERFORM jobq._check_member(caller, q.owner, format('queue "%s"', queue));
+	PERFORM FROM jobq.handlers h WHERE h.queue = _drop_queue.queue;
+	IF FOUND THEN
+		RAISE EXCEPTION 'queue "%" is the default queue of a registered kind', queue
+			USING ERRCODE = 'dependent_objects_still_exist';
+	END IF;
+	PERFORM FROM jobq.jobs j
+	 WHERE j.queue = _drop_queue.queue
+	   AND j.state IN ('scheduled', 'available', 'running', 'retryable');
+	IF FOUND THEN
+		RAISE EXCEPTION 'queue "%" still has jobs that are not final', queue
+			USING ERRCODE = 'dependent_objects_still_exist',
+				  HINT = 'Wait for them, or cancel them with jobq.cancel().';
+	END IF;
+	DELETE FROM jobq.queues WHERE name = queue;
+	DELETE FROM jobq.grants g WHERE g.object_type = 'queue' AND g.object_name = _drop_queue.queue;
+	PERFORM jobq._config_changed();
+END $$;
+
+/* ---------------------------------------------------------------------
+ * Who sees and changes which jobs: the job's owner; for seeing and
+ * cancelling also the owners of its queue and of its kind; for seeing
+ * also members of pg_read_all_stats (as pg_stat_activity does).
+ * --------------------------------------------------------------------- */
+
+CREATE FUNCTION jobq._sees_job(owner regrole, queue text, kind text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT EXISTS (SELECT FROM jobq.queues q
+					WHERE q.name = _sees_job.queue AND pg_has_role(q.owner, 'USAGE'))
+		OR EXISTS (SELECT FROM jobq.handlers h
+					WHERE h.kind = _sees_job.kind AND pg_has_role(h.owner, 'USAGE'))
+$$;
+
+DROP POLICY jobs_of_my_roles ON jobq.jobs;
+/* the common case first: no function call for a role's own jobs */
+CREATE POLICY jobs_visible ON jobq.jobs FOR SELECT
+	USING (pg_catalog.pg_has_role(owner, 'USAGE')
+		   OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+		   OR jobq._sees_job(owner, queue, kind));
+
+/* queue_stats counts the jobs the caller sees */
+ALTER VIEW jobq.queue_stats SET (security_invoker = true);
+
+DROP FUNCTION jobq._job_for_change(regrole, bigint);
+/*
+ * A job the caller may change, or an error.  Not locked: a running job
+ * must never be locked by a session that may stay open (its worker would
+ * wait to record the outcome); the changes below re-check its state.
+ */
+CREATE FUNCTION jobq._job_for_change(caller regrole, id bigint, cancelling boolean)
+RETURNS jobq.jobs LANGUAGE plpgsql STABLE AS $$
+DECLARE
+	j jobq.jobs;
+BEGIN
+	IF id IS NULL THEN
+		RAISE EXCEPTION 'job id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO j FROM jobq.jobs WHERE jobs.id = _job_for_change.id;
+	/* jobs the caller may not change do not exist for it */
+	IF NOT FOUND OR NOT (pg_has_role(caller, j.owner, 'USAGE')
+						 OR (cancelling AND (
+							 EXISTS (SELECT FROM jobq.queues q WHERE q.name = j.queue
+									  AND pg_has_role(caller, q.owner, 'USAGE'))
+							 OR EXISTS (SELECT FROM jobq.handlers h WHERE h.kind = j.kind
+										 AND pg_has_role(caller, h.owner, 'USAGE'))))) THEN
+		RAISE EXCEPTION 'job % does not exist', id USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN j;
+END $$;
+REVOKE ALL ON FUNCTION jobq._job_for_change(regrole, bigint, boolean) FROM PUBLIC;
+
+CREATE FUNCTION jobq._cancel_running_at_commit(id bigint) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'jobq_cancel_running_at_commit_sql';
+REVOKE ALL ON FUNCTION jobq._cancel_running_at_commit(bigint) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION jobq._cancel(caller regrole, id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	j jobq.jobs;
+	was jobq.job_state;
+BEGIN
+	j := jobq._job_for_change(caller, id, true);
+	WITH old AS (
+		SELECT o.id, o.state FROM jobq.jobs o
+		 WHERE o.id = j.id AND o.state IN ('scheduled', 'available', 'running', 'retryable')
+		   FOR UPDATE)
+	UPDATE jobq.jobs SET state = 'cancelled', finalized_at = now()
+	  FROM old WHERE jobs.id = old.id
+	RETURNING old.state INTO was;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	/*
+	 * A running job's handler is interrupted once this commits, and its
+	 * worker terminated if it does not stop; the worker finds the job
+	 * cancelled when it goes to record the outcome, and rolls its effects
+	 * back.
+	 */
+	IF was = 'running' THEN
+		PERFORM jobq._cancel_running_at_commit(j.id);
+	END IF;
+	PERFORM jobq._jobs_finished_at_commit();
+	RETURN true;
+END $$;
+
+CREATE OR REPLACE FUNCTION jobq._retry(caller regrole, id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	j jobq.jobs;
+BEGIN
+	j := jobq._job_for_change(caller, id, false);
+	/* the state test comes before the row lock: running rows are not locked */
+	UPDATE jobq.jobs
+	   SET state = 'available', scheduled_at = now(), finalized_at = NULL,
+		   max_attempts = greatest(max_attempts, attempt + 1)
+	 WHERE jobs.id = j.id AND state NOT IN ('available', 'running');
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	PERFORM jobq._wake_workers_at_commit(1);
+	RETURN true;
+END $$;
+
+/* ---------------------------------------------------------------------
+ * Functions any role may call resolve names as jobq chose, not through
+ * the caller's search_path
+ * --------------------------------------------------------------------- */
+
+ALTER FUNCTION jobq.current_job() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION jobq.enqueue_trigger() SET search_path = pg_catalog, pg_temp;
+
+/* ---------------------------------------------------------------------
+ * Roles owning jobq objects: DROP ROLE, REASSIGN OWNED, DROP OWNED
+ * (called by the utility hook, see src/ddl.c)
+ * --------------------------------------------------------------------- */
+
+/* What a role owns in jobq in this database, as a description, or NULL. */
+CREATE FUNCTION jobq._owned_by(role oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT nullif(concat_ws(', ',
+		(SELECT format('%s job kinds', count(*)) FROM jobq.handlers h
+		  WHERE h.owner::oid = role HAVING count(*) > 0),
+		(SELECT format('%s queues', count(*)) FROM jobq.queues q
+		  WHERE q.owner::oid = role HAVING count(*) > 0),
+		(SELECT format('%s schedules', count(*)) FROM jobq.schedules s
+		  WHERE s.owner::oid = role HAVING count(*) > 0),
+		(SELECT format('%s grants', count(*)) FROM jobq.grants g
+		  WHERE g.grantee = role OR g.granted_by = role HAVING count(*) > 0),
+		(SELECT format('%s jobs that are not final', count(*)) FROM jobq.jobs j
+		  WHERE j.owner::oid = role
+			AND j.state IN ('scheduled', 'available', 'running', 'retryable')
+		 HAVING count(*) > 0)), '')
+$$;
+
+CREATE FUNCTION jobq._reassign_owned(old_role oid, new_role oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	UPDATE jobq.handlers SET owner = new_role::regrole WHERE owner::oid = old_role;
+	UPDATE jobq.queues SET owner = new_role::regrole WHERE owner::oid = old_role;
+	UPDATE jobq.schedules SET owner = new_role::regrole WHERE owner::oid = old_role;
+	UPDATE jobq.grants SET granted_by = new_role WHERE granted_by = old_role;
+	/* final jobs too: their owner column must name a role that exists */
+	UPDATE jobq.jobs SET owner = new_role::regrole WHERE owner::oid = old_role;
+	PERFORM jobq._config_changed();
+END $$;
+
+CREATE FUNCTION jobq._drop_owned(role oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	cancelled_running bigint[];
+BEGIN
+	/* jobs of the role, and jobs of its kinds and queues, end cancelled */
+	WITH gone AS (
+		UPDATE jobq.jobs j SET state = 'cancelled', finalized_at = now()
+		  FROM jobq.jobs old
+		 WHERE old.id = j.id AND old.state = 'running'
+		   AND j.state IN ('scheduled', 'available', 'running', 'retryable')
+		   AND (j.owner::oid = role
+				OR j.kind IN (SELECT h.kind FROM jobq.handlers h WHERE h.owner::oid = role)
+				OR j.queue IN (SELECT q.name FROM jobq.queues q WHERE q.owner::oid = role))
+		RETURNING j.id)
+	SELECT array_agg(id) INTO cancelled_running FROM gone;
+	PERFORM jobq._cancel_running_at_commit(x) FROM unnest(cancelled_running) AS x;
+	UPDATE jobq.jobs j SET state = 'cancelled', finalized_at = now()
+	 WHERE j.state IN ('scheduled', 'available', 'retryable')
+	   AND (j.owner::oid = role
+			OR j.kind IN (SELECT h.kind FROM jobq.handlers h WHERE h.owner::oid = role)
+			OR j.queue IN (SELECT q.name FROM jobq.queues q WHERE q.owner::oid = role));
+	DELETE FROM jobq.jobs j WHERE j.owner::oid = role;
+	DELETE FROM jobq.schedules s
+	 WHERE s.owner::oid = role
+		OR s.kind IN (SELECT h.kind FROM jobq.handlers h WHERE h.owner::oid = role);
+	DELETE FROM jobq.grants g
+	 WHERE g.grantee = role OR g.granted_by = role
+		OR (g.object_type = 'kind'
+			AND g.object_name IN (SELECT h.kind FROM jobq.handlers h WHERE h.owner::oid = role))
+		OR (g.object_type = 'queue'
+			AND g.object_name IN (SELECT q.name FROM jobq.queues q WHERE q.owner::oid = role));
+	DELETE FROM jobq.handlers h WHERE h.owner::oid = role;
+	/* a queue some other role's kind still defaults to stays, given to that kind's owner */
+	UPDATE jobq.queues q SET owner = (SELECT h.owner FROM jobq.handlers h WHERE h.queue = q.name LIMIT 1)
+	 WHERE q.owner::oid = role AND EXISTS (SELECT FROM jobq.handlers h WHERE h.queue = q.name);
+	DELETE FROM jobq.queues q WHERE q.owner::oid = role AND q.name <> 'default';
+	PERFORM jobq._jobs_finished_at_commit();
+	PERFORM jobq._config_changed();
+END $$;
+
+REVOKE ALL ON FUNCTION jobq._check_use(regrole, text, text, regrole, boolean),
+	jobq._owner_of(text, text), jobq._grantee(text),
+	jobq._grant(regrole, text, text, text), jobq._revoke(regrole, text, text, text),
+	jobq._owned_by(oid), jobq._reassign_owned(oid, oid), jobq._drop_owned(oid)
+	FROM PUBLIC;
+/* the RLS policy calls it as the reading role */
+GRANT EXECUTE ON FUNCTION jobq._sees_job(regrole, text, text) TO PUBLIC;
