@@ -234,9 +234,10 @@ SELECT n FROM app.effects WHERE n = 7;
 SELECT pg_advisory_lock(4242);
 SELECT jobq.enqueue('blocked', '{"n": 8}') AS id \gset
 SELECT app.await_state(:id, 'running', 1);
-SELECT state, attempt, attempted_by IN (SELECT incarnation FROM jobq.components) AS by_worker
+SELECT state, attempt, attempted_by IN (SELECT claim FROM jobq.components) AS by_worker
   FROM jobq.jobs WHERE id = :id;
-SELECT state, job_id = :id AS runs_it FROM jobq.components WHERE job_id = :id;
+SELECT state, job_id = :id AS runs_it, claim >> 32 = incarnation >> 32 AS own_claim
+  FROM jobq.components WHERE job_id = :id;
 SELECT running FROM jobq.queue_stats WHERE queue = 'default';
 SELECT jobq.retry(:id);
 SELECT jobq.unregister('blocked');
@@ -493,10 +494,13 @@ SELECT regexp_replace(component, '[0-9]+$', 'N') AS component, count(*),
  GROUP BY 1 ORDER BY 1;
 SELECT sum(jobs_done) > 0 AS did_jobs, sum(jobs_failed) > 0 AS failed_jobs
   FROM jobq.components WHERE database = current_database() AND component LIKE 'worker%';
--- every job's attempted_by is a worker's incarnation
+-- every job's attempted_by is a claim of a worker: its incarnation plus a count
 SELECT count(*) AS unknown_workers FROM jobq.jobs j
  WHERE attempted_by IS NOT NULL AND state = 'completed'
-   AND attempted_by NOT IN (SELECT incarnation FROM jobq.components WHERE incarnation IS NOT NULL);
+   AND attempted_by >> 32 NOT IN (SELECT incarnation >> 32 FROM jobq.components
+								   WHERE incarnation IS NOT NULL);
+SELECT count(*) AS uncounted_claims FROM jobq.components
+ WHERE incarnation & x'ffffffff'::bigint <> 0;
 
 --
 -- Clean up: what is left is in paused queues or in the future

@@ -636,3 +636,24 @@ REVOKE ALL ON FUNCTION jobq._check_use(regrole, text, text, regrole, boolean),
 	FROM PUBLIC;
 /* the RLS policy calls it as the reading role */
 GRANT EXECUTE ON FUNCTION jobq._sees_job(regrole, text, text) TO PUBLIC;
+
+/* ---------------------------------------------------------------------
+ * jobq.components shows the claim a worker holds: what attempted_by of
+ * its running jobs is.  Its job_id is shown only to roles that may see
+ * the job (see views.c).
+ * --------------------------------------------------------------------- */
+
+DROP VIEW jobq.components;
+DROP FUNCTION jobq._components();
+CREATE FUNCTION jobq._components(
+	OUT database name, OUT component text, OUT pid integer, OUT state text,
+	OUT job_id bigint, OUT incarnation bigint, OUT started_at timestamptz,
+	OUT heartbeat_at timestamptz, OUT restarts integer, OUT last_error text,
+	OUT last_error_at timestamptz, OUT jobs_done bigint, OUT jobs_failed bigint,
+	OUT claim bigint)
+RETURNS SETOF record LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_components';
+
+CREATE VIEW jobq.components AS SELECT * FROM jobq._components();
+COMMENT ON VIEW jobq.components IS
+	'One row per jobq process and leader service: state, current job, restarts, last error';
+GRANT SELECT ON jobq.components TO PUBLIC;

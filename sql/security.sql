@@ -95,6 +95,31 @@ SELECT count(*) AS my_jobs FROM jobq.jobs;
 RESET ROLE;
 
 --
+-- kinds and queues are alice's: others use them only once granted.  A kind
+-- needs its owner's grant and, because alice's handler would run as the
+-- enqueuer, also a grant by a role with the enqueuer's privileges; the
+-- superuser's grant is both.
+--
+SET ROLE regress_jobq_bob;
+SELECT jobq.enqueue('sec_whoami');
+SELECT jobq.enqueue('sec_whoami', queue => 'alice_q');
+SELECT jobq.grant('kind', 'sec_whoami', 'regress_jobq_bob');
+RESET ROLE;
+SET ROLE regress_jobq_alice;
+SELECT jobq.grant('kind', 'sec_whoami', 'regress_jobq_bob');
+RESET ROLE;
+SET ROLE regress_jobq_bob;
+SELECT jobq.enqueue('sec_whoami');
+RESET ROLE;
+SELECT jobq.grant('kind', kind, 'public') FROM jobq.handlers
+ WHERE kind IN ('sec_whoami', 'sec_read_secret', 'sec_private') ORDER BY kind;
+SELECT jobq.grant('queue', 'alice_q', 'public');
+SELECT object_type, object_name, grantee::regrole,
+	   granted_by = (SELECT oid FROM pg_roles WHERE rolname = current_user) AS by_superuser
+  FROM jobq.grants
+ WHERE object_name LIKE 'sec\_%' OR object_name = 'alice_q' ORDER BY 1, 2, 3::text;
+
+--
 -- bob sees none of alice's jobs and can change none of them
 --
 SET ROLE regress_jobq_bob;
@@ -169,14 +194,16 @@ SELECT count(*) AS visible_jobs FROM jobq.jobs;
 RESET ROLE;
 
 --
--- alice sees only her jobs too
+-- alice sees bob's jobs of her kinds and in her queue, and may cancel them,
+-- but not retry them: a retry runs the job as bob again
 --
 SET ROLE regress_jobq_alice;
 SELECT count(*) AS visible_bob_jobs FROM jobq.jobs WHERE owner = 'regress_jobq_bob'::regrole;
 \set VERBOSITY sqlstate
-SELECT jobq.cancel(:bob_waiting);
+SELECT jobq.retry(:bob_job);
 \set VERBOSITY default
 SELECT :'SQLSTATE' AS sqlstate, regexp_replace(:'LAST_ERROR_MESSAGE', '[0-9]+', 'N') AS message;
+SELECT jobq.cancel(:bob_waiting);
 RESET ROLE;
 -- a superuser sees everyone's
 SELECT owner, count(*) FROM jobq.jobs
@@ -203,9 +230,14 @@ SELECT jobq.cancel(:alice_waiting);
 \set VERBOSITY default
 SELECT :'SQLSTATE' AS sqlstate, regexp_replace(:'LAST_ERROR_MESSAGE', '[0-9]+', 'N') AS message;
 RESET ROLE;
--- membership goes one way: alice does not see carol's job
+-- membership goes one way: alice sees carol's job only as the owner of
+-- its kind, and may not retry it
 SET ROLE regress_jobq_alice;
 SELECT count(*) AS visible_carol_jobs FROM jobq.jobs WHERE id = :carol_job;
+\set VERBOSITY sqlstate
+SELECT jobq.retry(:carol_job);
+\set VERBOSITY default
+SELECT :'SQLSTATE' AS sqlstate, regexp_replace(:'LAST_ERROR_MESSAGE', '[0-9]+', 'N') AS message;
 RESET ROLE;
 
 --
@@ -255,16 +287,15 @@ SELECT state, errors->0->>'message' AS message, errors->0->>'sqlstate' AS sqlsta
   FROM jobq.jobs WHERE id = :id;
 SELECT jobq.pause('alice_q');
 RESET ROLE;
--- a job whose owner was dropped does not run (as anyone)
+-- a role with jobs cannot be dropped; DROP OWNED cancels them and removes
+-- them, then it can
 SET ROLE regress_jobq_gone;
 SELECT jobq.enqueue('sec_read_secret', queue => 'alice_q') AS gone_job \gset
 RESET ROLE;
 DROP ROLE regress_jobq_gone;
-SELECT jobq.resume('alice_q');
-SELECT jobq.wait(:gone_job, '60 s');
-SELECT jobq.pause('alice_q');
-SELECT state, attempt, result, errors->-1->>'message' AS message
-  FROM jobq.jobs WHERE id = :gone_job;
+DROP OWNED BY regress_jobq_gone;
+SELECT count(*) AS gone_jobs FROM jobq.jobs WHERE id = :gone_job;
+DROP ROLE regress_jobq_gone;
 SELECT count(*) FROM sec.log WHERE job_id = :gone_job;
 
 -- every job ran as its owner
@@ -282,6 +313,8 @@ SELECT jobq.unregister(kind) FROM jobq.handlers
 SELECT jobq.drop_queue('alice_q');
 DELETE FROM jobq.jobs WHERE owner::text LIKE 'regress_jobq_%'
    OR owner::oid NOT IN (SELECT oid FROM pg_roles);
+SELECT count(*) AS grants_left FROM jobq.grants
+ WHERE object_name LIKE 'sec\_%' OR object_name = 'alice_q';
 SET client_min_messages = warning;
 DROP SCHEMA sec CASCADE;
 RESET client_min_messages;

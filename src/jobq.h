@@ -25,13 +25,14 @@
  *				every database's workers and candidates
  *	component	anything with a row in jobq.components: the launcher, each
  *				worker and candidate, and each leader service
- *	claim		the id of one claim of a worker: random high 32 bits taken
- *				when the worker starts, a counter in the low 32 bits.  It is
- *				what jobs.attempted_by holds and what the worker publishes
- *				(as "incarnation") from before it claims until the jobs it
- *				claimed are committed; a running job whose claim is not
- *				published by a live worker has been left behind and is
- *				rescued
+ *	incarnation	a random id a worker takes when it starts (high 32 bits;
+ *				the low 32 bits are zero)
+ *	claim		the id of one claim of a worker: its incarnation plus a
+ *				counter in the low 32 bits.  It is what jobs.attempted_by
+ *				holds and what the worker publishes from before it claims
+ *				until the outcomes of the jobs it claimed are committed; a
+ *				running job whose claim is not published by a live worker has
+ *				been left behind and is rescued
  *
  * Locking protocol for JobqShared (see shmem.c):
  *	- JobqShared->lock (LWLock) guards the database table and which component
@@ -119,7 +120,8 @@ typedef struct JobqComponent
 
 	pid_t		pid;			/* 0 when no process runs it */
 	Latch	   *latch;
-	uint64		incarnation;	/* workers: the claim held, 0 if none */
+	uint64		incarnation;	/* workers: see the vocabulary above */
+	uint64		claim;			/* workers: the claim held, 0 if none */
 	JobqState	state;
 	int64		job_id;			/* workers: job being run, 0 if none */
 	Oid			job_owner;		/* workers: its owner (who may see job_id) */

@@ -6,9 +6,10 @@
  * jobq's kinds, queues, schedules, grants and jobs are rows, not catalog
  * objects, so PostgreSQL's shared dependencies do not protect them.  The
  * utility hook (ddl.c) does what they would do, in the current database:
- * DROP ROLE is refused while the role owns anything in jobq; REASSIGN
- * OWNED BY moves it to the new role; DROP OWNED BY removes the role's
- * kinds, queues, schedules and grants and cancels its jobs.  As for
+ * DROP ROLE is refused while the role owns anything in jobq but final jobs
+ * (history, which goes with the role); REASSIGN OWNED BY moves it all to
+ * the new role; DROP OWNED BY removes the role's kinds, queues, schedules,
+ * grants and jobs, cancelling the live ones.  As for
  * catalog objects, REASSIGN and DROP OWNED act in the current database
  * only: run them in each database that uses jobq before DROP ROLE.
  *
@@ -129,6 +130,8 @@ check_drop_role(DropRoleStmt *stmt, Oid extowner)
 					 errdetail("It owns %s in jobq of database \"%s\".",
 							   owned, get_database_name(MyDatabaseId)),
 					 errhint("Use REASSIGN OWNED BY or DROP OWNED BY in this database first.")));
+		/* its final jobs go with it (undone if the drop fails) */
+		(void) call_internal(extowner, "SELECT jobq._drop_owned($1)", role, InvalidOid);
 	}
 }
 

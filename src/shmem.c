@@ -201,6 +201,7 @@ component_detach(int code, Datum arg)
 	c->pid = 0;
 	c->latch = NULL;
 	c->incarnation = 0;
+	c->claim = 0;
 	c->job_id = 0;
 	c->job_owner = InvalidOid;
 	c->state = JOBQ_STOPPED;
@@ -218,12 +219,25 @@ component_detach(int code, Datum arg)
 void
 jobq_component_attach(JobqComponent *c)
 {
+	uint64		incarnation = 0;
+
+	/* positive as a bigint, low 32 bits free for the claim counter */
+	while (incarnation == 0)
+	{
+		if (!pg_strong_random(&incarnation, sizeof(incarnation)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random jobq worker incarnation")));
+		incarnation &= UINT64CONST(0x7fffffff00000000);
+	}
+
 	before_shmem_exit(component_detach, PointerGetDatum(c));
 
 	SpinLockAcquire(&c->mutex);
 	c->pid = MyProcPid;
 	c->latch = MyLatch;
-	c->incarnation = 0;
+	c->incarnation = incarnation;
+	c->claim = 0;
 	c->state = JOBQ_STARTING;
 	c->job_id = 0;
 	c->job_owner = InvalidOid;
@@ -262,7 +276,7 @@ void
 jobq_component_set_claim(JobqComponent *c, uint64 claim)
 {
 	SpinLockAcquire(&c->mutex);
-	c->incarnation = claim;
+	c->claim = claim;
 	SpinLockRelease(&c->mutex);
 }
 
@@ -442,8 +456,8 @@ jobq_live_claims(int db_index, uint64 *out)
 		JobqComponent *c = jobq_component(db_index, JOBQ_WORKER, i);
 
 		SpinLockAcquire(&c->mutex);
-		if (c->pid != 0 && c->incarnation != 0)
-			out[n++] = c->incarnation;
+		if (c->pid != 0 && c->claim != 0)
+			out[n++] = c->claim;
 		SpinLockRelease(&c->mutex);
 	}
 	return n;

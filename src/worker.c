@@ -128,7 +128,7 @@ typedef struct BatchOutcome
 int64		jobq_current_job_id = 0;
 
 static JobqComponent *me;
-static uint64 claim_base;		/* random high 32 bits of our claim ids */
+static uint64 my_incarnation;	/* high 32 bits of our claim ids */
 static uint32 claim_count;
 static uint64 my_claim;			/* the claim held now, 0 if none */
 static bool left_behind;		/* a claimed job's outcome could not be recorded */
@@ -1027,11 +1027,9 @@ jobq_worker_main(Datum main_arg)
 	int			failures = 0;
 
 	me = jobq_process_start(main_arg, "jobq worker");
-	if (!pg_strong_random(&claim_base, sizeof(claim_base)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate a random jobq claim id")));
-	claim_base &= UINT64CONST(0x7fffffff00000000);	/* shown as a positive bigint */
+	SpinLockAcquire(&me->mutex);
+	my_incarnation = me->incarnation;
+	SpinLockRelease(&me->mutex);
 	watchdog_timeout = RegisterTimeout(USER_TIMEOUT, job_watchdog);
 	before_shmem_exit(watchdog_exit, (Datum) 0);
 
@@ -1064,9 +1062,7 @@ jobq_worker_main(Datum main_arg)
 		jobq_component_set_state(me, JOBQ_IDLE);
 
 		/* published before the claim's snapshot: see the rescuer */
-		my_claim = claim_base | ++claim_count;
-		if (my_claim == 0)
-			my_claim = claim_base | ++claim_count;
+		my_claim = my_incarnation | ++claim_count;
 		jobq_component_set_claim(me, my_claim);
 
 		PG_TRY();

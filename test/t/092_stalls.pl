@@ -96,25 +96,13 @@ sub end_session
 sub advisory_keys_of
 {
 	my ($node, $pid) = @_;
-	my @keys;
-	for my $row (split /\n/, $node->safe_psql('postgres', qq{
-		SELECT classid, objid, objsubid FROM pg_locks
+	my $int4 = sub { "CASE WHEN $_[0]::int8 >= 2147483648 THEN $_[0]::int8 - 4294967296 ELSE $_[0]::int8 END" };
+	return map { [ split /,/ ] } split /\n/, $node->safe_psql('postgres', qq{
+		SELECT CASE WHEN objsubid = 1 THEN ((classid::int8 << 32) | objid::int8)::text
+		            ELSE (@{[ $int4->('classid') ]}) || ',' || (@{[ $int4->('objid') ]}) END
+		  FROM pg_locks
 		 WHERE locktype = 'advisory' AND pid = $pid AND granted AND database = $OWN_DB
-		 ORDER BY classid, objid, objsubid}))
-	{
-		my ($classid, $objid, $objsubid) = split /\|/, $row;
-		if ($objsubid == 1)
-		{
-			my $key = $classid * 2**32 + $objid;
-			$key -= 2**64 if $key >= 2**63;
-			push @keys, [ "$key" ];
-		}
-		else
-		{
-			push @keys, [ map { $_ >= 2**31 ? $_ - 2**32 : $_ } ($classid, $objid) ];
-		}
-	}
-	return @keys;
+		 ORDER BY classid, objid, objsubid});
 }
 
 # The leader's pid once a leader other than $old runs all four services.
@@ -371,9 +359,9 @@ SELECT jobq.register('stubborn', 'app.stubborn(jsonb)', max_attempts => 3, backo
 	ok($new ne '' && $new ne $leader, "squat: a new leader runs ($new)");
 	is($node->safe_psql('postgres', qq{
 		SELECT count(*) FROM jobq.components
-		 WHERE database = current_database() AND state = 'running' AND pid = '$new'::int
+		 WHERE database = current_database() AND state = 'running' AND pid = '@{[ $new || 0 ]}'::int
 		   AND component IN ('scheduler', 'rescuer', 'cleaner', 'periodic')}),
-		'4', 'squat: the new leader runs the four services') if $new =~ /^\d+$/;
+		'4', 'squat: the new leader runs the four services');
 	is(job_state($node, $sched), 'completed', 'squat: the job scheduled 1 s ahead was promoted and completed');
 	end_session($squatter);
 
