@@ -13,6 +13,10 @@
  * enqueue also needs a grant made by a role that does have them (a
  * superuser, typically).  jobq.grants holds the grants; grantee 0 is
  * PUBLIC.  No reg* column: pg_upgrade refuses tables with them.
+ *
+ * As in 0.1.0, internal helpers called only by internal functions (which
+ * pin search_path, and are not executable by PUBLIC) have no SET clause of
+ * their own: it would cost a GUC save and restore on every enqueue.
  * --------------------------------------------------------------------- */
 
 CREATE TABLE jobq.grants (
@@ -44,7 +48,7 @@ SELECT 'queue', 'default', 0, q.owner FROM jobq.queues q WHERE q.name = 'default
  */
 CREATE FUNCTION jobq._check_use(caller regrole, object_type text, object_name text,
 								owner regrole, run_as_caller boolean)
-RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql STABLE AS $$
 DECLARE
 	what text := format(CASE object_type WHEN 'kind' THEN 'job kind "%s"'
 							ELSE 'queue "%s"' END, object_name);

@@ -201,7 +201,7 @@ jobq_wait(PG_FUNCTION_ARGS)
 		long		left;
 
 		ConditionVariablePrepareToSleep(&JobqShared->job_finished_cv);
-		if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
+		if (jobq_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not look up job " INT64_FORMAT, job_id);
 		if (SPI_processed == 0)
 			ereport(ERROR,

@@ -53,7 +53,7 @@ delete_older_than(SPIPlanPtr plan, int retention_s)
 {
 	Datum		values[1] = {Float8GetDatum((double) retention_s)};
 
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_DELETE)
+	if (jobq_execute_plan(plan, values, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not delete old jobs");
 	return SPI_processed;
 }

@@ -266,6 +266,8 @@ extern void jobq_xact_begin(const char *activity);
 extern void jobq_xact_end(void);
 extern struct _SPI_plan *jobq_prepare(const char *sql, int nargs, Oid *argtypes);
 extern struct _SPI_plan *jobq_prepare_transient(const char *sql, int nargs, Oid *argtypes);
+extern int	jobq_execute_plan(struct _SPI_plan *plan, Datum *values, const char *nulls,
+							  bool read_only, long count);
 extern void jobq_free_plan(struct _SPI_plan **plan);
 
 /* worker.c */

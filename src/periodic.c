@@ -105,7 +105,7 @@ enqueue_fire(HeapTuple due, TupleDesc desc, char **error)
 	{
 		bool		isnull;
 
-		if (SPI_execute_plan(enqueue_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		if (jobq_execute_plan(enqueue_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not enqueue a scheduled job");
 		job_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
@@ -138,7 +138,7 @@ periodic_run(int db_index)
 	bool		isnull;
 	int64		next_ms;
 
-	if (SPI_execute_plan(due_plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
+	if (jobq_execute_plan(due_plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not find due schedules");
 	due = SPI_tuptable;
 	ndue = SPI_processed;
@@ -162,13 +162,13 @@ periodic_run(int db_index)
 		nulls[2] = job_id == 0 ? 'n' : ' ';
 		values[3] = error ? CStringGetTextDatum(error) : (Datum) 0;
 		nulls[3] = error ? ' ' : 'n';
-		if (SPI_execute_plan(advance_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+		if (jobq_execute_plan(advance_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not advance schedule \"%s\"", name);
 	}
 	if (ndue == DUE_BATCH)
 		return 0;
 
-	if (SPI_execute_plan(next_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (jobq_execute_plan(next_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not find the next schedule");
 	next_ms = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (isnull)

@@ -204,21 +204,31 @@ jobq_process_wait(long timeout_ms)
 }
 
 /*
- * Prepares a plan parsed with only pg_catalog on the search path: our SQL
- * schema-qualifies jobq objects, and no setting of search_path can
- * redirect its operators or functions.  The plan cache re-parses under the
- * same path when the plan is invalidated.  The plan lives until SPI_finish.
+ * jobq's statements are parsed with only pg_catalog on the search path:
+ * our SQL schema-qualifies jobq objects, and no setting of search_path (the
+ * database's, a role's) can redirect its operators, functions or types.
+ * Parsing happens at prepare time and again whenever the plan cache
+ * revalidates a plan, which in PostgreSQL 15 re-parses under the search
+ * path current at execution: so both prepare and execute go through here.
  */
-SPIPlanPtr
-jobq_prepare_transient(const char *sql, int nargs, Oid *argtypes)
+static OverrideSearchPath *
+catalog_only_path(void)
 {
 	OverrideSearchPath *path = GetOverrideSearchPath(CurrentMemoryContext);
-	SPIPlanPtr	plan = NULL;
 
 	path->schemas = NIL;
 	path->addCatalog = true;
 	path->addTemp = false;
-	PushOverrideSearchPath(path);
+	return path;
+}
+
+/* A plan of jobq's SQL; it lives until SPI_finish. */
+SPIPlanPtr
+jobq_prepare_transient(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = NULL;
+
+	PushOverrideSearchPath(catalog_only_path());
 	PG_TRY();
 	{
 		plan = SPI_prepare(sql, nargs, argtypes);
@@ -231,6 +241,26 @@ jobq_prepare_transient(const char *sql, int nargs, Oid *argtypes)
 	if (plan == NULL)
 		elog(ERROR, "could not prepare jobq query: %s", SPI_result_code_string(SPI_result));
 	return plan;
+}
+
+/* SPI_execute_plan of a plan of jobq's SQL (never of user code). */
+int
+jobq_execute_plan(SPIPlanPtr plan, Datum *values, const char *nulls,
+				  bool read_only, long count)
+{
+	int			result = 0;
+
+	PushOverrideSearchPath(catalog_only_path());
+	PG_TRY();
+	{
+		result = SPI_execute_plan(plan, values, nulls, read_only, count);
+	}
+	PG_FINALLY();
+	{
+		PopOverrideSearchPath();
+	}
+	PG_END_TRY();
+	return result;
 }
 
 /* The same, kept for the life of the process (free with jobq_free_plan). */

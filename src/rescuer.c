@@ -102,7 +102,7 @@ rescuer_run(int db_index)
 	int			dims[1];
 	int			lbs[1] = {1};
 
-	if (SPI_execute_plan(running_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (jobq_execute_plan(running_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list running jobs");
 	/* only now: see the header comment */
 	nlive = jobq_live_claims(db_index, live);
@@ -132,7 +132,7 @@ rescuer_run(int db_index)
 	values[0] = PointerGetDatum(construct_array(ids, nlost, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[1] = PointerGetDatum(construct_md_array(owners, owner_nulls, 1, dims, lbs,
 												   INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (SPI_execute_plan(rescue_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+	if (jobq_execute_plan(rescue_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not rescue jobs of lost workers");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{

@@ -85,7 +85,7 @@ call_internal(Oid extowner, const char *sql, Oid role1, Oid role2)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		plan = jobq_prepare_transient(sql, OidIsValid(role2) ? 2 : 1, argtypes);
-		if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
+		if (jobq_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not run \"%s\"", sql);
 		if (SPI_processed == 1)
 		{

@@ -57,7 +57,7 @@ scheduler_run(int db_index)
 	bool		isnull;
 	int64		due_in_ms;
 
-	if (SPI_execute_plan(promote_plan, NULL, NULL, false, 0) != SPI_OK_UPDATE)
+	if (jobq_execute_plan(promote_plan, NULL, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not make due jobs available");
 	promoted = SPI_processed;
 	if (promoted > 0)
@@ -65,7 +65,7 @@ scheduler_run(int db_index)
 	if (promoted == PROMOTE_BATCH)
 		return 0;
 
-	if (SPI_execute_plan(next_due_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (jobq_execute_plan(next_due_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not find the next due job");
 	due_in_ms = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											SPI_tuptable->tupdesc, 1, &isnull));

@@ -275,7 +275,7 @@ load_kinds(void)
 	ctl.hcxt = kinds_cxt;
 	kinds = hash_create("jobq kinds", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	if (SPI_execute_plan(load_kinds_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (jobq_execute_plan(load_kinds_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not load jobq handlers");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -313,7 +313,7 @@ load_queues(void)
 	ctl.hcxt = kinds_cxt;
 	queues = hash_create("jobq queues", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	if (SPI_execute_plan(load_queues_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (jobq_execute_plan(load_queues_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not load jobq queues");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -338,7 +338,7 @@ queues_with_jobs(int *count)
 	QueueEntry **ready;
 	int			n = 0;
 
-	if (SPI_execute_plan(queues_with_jobs_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (jobq_execute_plan(queues_with_jobs_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not find the queues with available jobs");
 	ready = MemoryContextAlloc(batch_cxt, sizeof(QueueEntry *) * Max(SPI_processed, 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -482,7 +482,7 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 		bool		isnull;
 		Datum		concurrency;
 
-		if (SPI_execute_plan(lock_queue_plan, &values[1], NULL, false, 0) != SPI_OK_SELECT)
+		if (jobq_execute_plan(lock_queue_plan, &values[1], NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not lock jobq queue \"%s\"", q->name);
 		if (SPI_processed == 0)
 			return 0;
@@ -491,7 +491,7 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 		{
 			int64		running;
 
-			if (SPI_execute_plan(count_running_plan, &values[1], NULL, false, 0) != SPI_OK_SELECT)
+			if (jobq_execute_plan(count_running_plan, &values[1], NULL, false, 0) != SPI_OK_SELECT)
 				elog(ERROR, "could not count running jobs of queue \"%s\"", q->name);
 			running = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 												  SPI_tuptable->tupdesc, 1, &isnull));
@@ -504,7 +504,7 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 	values[2] = Int64GetDatum(limit);
 	values[3] = alone_kinds;
 	values[4] = Int32GetDatum(may_claim_alone ? 1 : 0);
-	if (SPI_execute_plan(claim_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+	if (jobq_execute_plan(claim_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim jobs of queue \"%s\"", q->name);
 
 	old = MemoryContextSwitchTo(batch_cxt);
@@ -607,6 +607,10 @@ call_handler(KindEntry *k, ClaimedJob *job, bool *result_isnull)
 	{
 		char		nulls[1] = {' '};
 
+		/*
+		 * Not jobq_execute_plan: the procedure's body must see the search
+		 * path its owner's session would.  The CALL names it qualified.
+		 */
 		if (SPI_execute_plan(k->call_plan, &job->args, nulls, false, 0) < 0)
 			elog(ERROR, "could not call the handler of job kind \"%s\"", k->kind);
 	}
@@ -695,7 +699,7 @@ record_failure(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *ou
 	{
 		int			nest = own_settings_begin();
 
-		if (SPI_execute_plan(fail_plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+		if (jobq_execute_plan(fail_plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "could not record the failure of job " INT64_FORMAT, job->id);
 		if (SPI_processed > 0)
 			state = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0],
@@ -893,7 +897,7 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 		values[2] = result;
 		nulls[2] = result_isnull ? 'n' : ' ';
 		gucs = own_settings_begin();
-		if (SPI_execute_plan(complete_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+		if (jobq_execute_plan(complete_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not complete job " INT64_FORMAT, job->id);
 		AtEOXact_GUC(true, gucs);
 

@@ -48,6 +48,9 @@ SELECT jobq.register('read_secret', 'app.read_secret(jsonb)', max_attempts => 1)
 SELECT jobq.register('whoami', 'app.whoami(jsonb)', max_attempts => 1);
 SELECT jobq.register('escalate', 'app.escalate(jsonb)', max_attempts => 1);
 SELECT jobq.register('private', 'app.private(jsonb)', max_attempts => 1);
+-- the superuser's kinds, for every role (the superuser's grant is also the
+-- trust a kind of another role would need)
+SELECT jobq.grant('kind', kind, 'public') FROM jobq.handlers;
 });
 
 # Enqueues as a role (SET ROLE in the enqueueing session); returns the id.

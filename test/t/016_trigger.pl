@@ -28,6 +28,7 @@ BEGIN
 		args->>'table', args->'old', args->'new', current_user);
 END $$;
 SELECT jobq.register('item_changed', 'app.on_item(jsonb)');
+SELECT jobq.grant('kind', 'item_changed', 'public');
 CREATE TRIGGER items_jobq AFTER INSERT OR UPDATE OR DELETE ON app.items
 	FOR EACH ROW EXECUTE FUNCTION jobq.enqueue_trigger('item_changed');
 });

@@ -13,9 +13,12 @@ use Test::More;
 
 # One worker, so that which jobs share a batch is up to jobq alone; a long
 # batch_time so that only batch_size (100) bounds a batch of quick jobs.
+# Commit timestamps tell which transaction a failure record (written in a
+# subtransaction, so with an xmin of its own) committed with.
 my $node = jobq_node('batch', workers => 1, conf => q{
 jobq.batch_size = 100
 jobq.batch_time = '10s'
+track_commit_timestamp = on
 });
 jobq_install($node);
 
@@ -98,7 +101,9 @@ is( $node->safe_psql(
 		'postgres',
 		"SELECT count(*) FROM jobq.jobs j
 		  WHERE j.id IN ($failing_list)
-		    AND j.xmin = (SELECT DISTINCT xact::xid FROM app.effects WHERE job_id IN ($neighbour_list))"),
+		    AND pg_xact_commit_timestamp(j.xmin) =
+		        (SELECT DISTINCT pg_xact_commit_timestamp(xact::xid)
+		           FROM app.effects WHERE job_id IN ($neighbour_list))"),
 	'2',
 	'the failures were recorded by that same transaction');
 is( $node->safe_psql(

@@ -15,8 +15,9 @@ my $node = jobq_node('failover',
 jobq_install($node);
 jobq_handlers($node);
 
-# The leader lock, as pg_locks shows it: advisory ('jobq' = 0x6a6f6271, 1).
-my $LOCK = q{locktype = 'advisory' AND classid = 1785684593 AND objid = 1
+# The leader lock, as pg_locks shows it: advisory ('jobq' = 0x6a6f6271, the
+# key of the election).
+my $LOCK = q{locktype = 'advisory' AND classid = 1785684593
 	AND objsubid = 2 AND granted
 	AND database = (SELECT oid FROM pg_database WHERE datname = current_database())};
 

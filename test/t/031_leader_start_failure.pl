@@ -17,7 +17,7 @@ my $node = jobq_node('startfail',
 jobq_install($node);
 jobq_handlers($node);
 
-my $LOCK = q{locktype = 'advisory' AND classid = 1785684593 AND objid = 1
+my $LOCK = q{locktype = 'advisory' AND classid = 1785684593
 	AND objsubid = 2 AND granted
 	AND database = (SELECT oid FROM pg_database WHERE datname = current_database())};
 

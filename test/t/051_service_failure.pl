@@ -6,8 +6,10 @@
 # The fault is jobq.debug_fail_service = 'cleaner'.  A leader resigns right
 # after its cleaner failed for good, and the other candidate would at once
 # replace the "failed" row with its own start attempts; to look at "failed"
-# the test queues for the leader lock itself (pg_advisory_lock), so that the
-# lock goes to the test's session when the failing leader releases it.
+# the test stops the other candidate (SIGSTOP) until the fault is cleared,
+# and the resigned leader stays out for a long jobq.leader_cooldown.  (A
+# session queued for the leader's advisory lock would not do: each election
+# uses a new key.)
 use strict;
 use warnings;
 use lib 'test';
@@ -15,10 +17,9 @@ use JobqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = jobq_node('svcfail');
+my $node = jobq_node('svcfail', conf => "jobq.leader_cooldown = '1h'\n");
 jobq_install($node);
 
-my $LOCK_ARGS = '1785684593, 1';	# the leader lock: ('jobq', 1)
 my $SERVICES = q{component IN ('scheduler', 'rescuer', 'cleaner', 'periodic')};
 
 sub services
@@ -74,10 +75,15 @@ is( $node->safe_psql('postgres', q{
 	'jobq cleaner could not start: failure injected by jobq.debug_fail_service',
 	'last_error is the message of the start failure');
 
-# Queue for the leader lock, so that it is ours when the leader resigns.
-my $holder = $node->background_psql('postgres', timeout => 300);
-my $holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
-$holder->query_until(qr/queued/, "\\echo queued\nSELECT pg_advisory_lock($LOCK_ARGS);\n");
+# Freeze the other candidate, so that nobody takes over when the leader
+# resigns.
+my $leader_now = component_pid($node, 'leader');
+my $other = $node->safe_psql('postgres', qq{
+	SELECT pid FROM jobq.components
+	 WHERE database = current_database() AND component LIKE 'candidate%'
+	   AND pid IS NOT NULL AND pid <> $leader_now});
+like($other, qr/^\d+$/, "the other candidate runs ($other)");
+ok(kill('STOP', $other), 'the other candidate is stopped');
 
 ok( $node->poll_query_until(
 		'postgres', q{
@@ -85,9 +91,10 @@ ok( $node->poll_query_until(
 	  FROM jobq.components WHERE database = current_database() AND component = 'cleaner'}),
 	'after its last attempt the cleaner is shown failed');
 ok( $node->poll_query_until(
-		'postgres', qq{
-	SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $holder_pid AND locktype = 'advisory' AND granted)}),
-	'the failing leader released the leader lock (now held by the test)');
+		'postgres', q{
+	SELECT NOT EXISTS (SELECT FROM pg_locks
+					    WHERE locktype = 'advisory' AND classid = 1785684593 AND granted)}),
+	'the failing leader released the leader lock');
 $node->wait_for_log(qr/jobq leader of database "postgres" resigned: its services could not start/, $offset);
 
 my $row = $node->safe_psql('postgres', q{
@@ -123,8 +130,7 @@ SELECT pg_reload_conf();
 });
 $node->wait_for_log(qr/parameter "jobq.debug_fail_service" removed from configuration file, reset to default/,
 	$offset2);
-$holder->query_safe("SELECT pg_advisory_unlock($LOCK_ARGS)");
-$holder->quit;
+ok(kill('CONT', $other), 'the other candidate goes on');
 
 is(ready("$JobqTest::TIMEOUT s"), 't', 'wait_ready is true once the fault is cleared');
 my $final_leader = component_pid($node, 'leader');

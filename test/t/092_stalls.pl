@@ -458,7 +458,7 @@ sub others_complete
 sub alice_running_job
 {
 	my ($what, $n) = @_;
-	my $job = as_role($node, 'alice', qq{SELECT jobq.enqueue('alice_effect', '{"n": $n, "sleep": 4}')});
+	my $job = as_role($node, 'alice', qq{SELECT jobq.enqueue('alice_effect', '{"n": $n, "sleep": 5}')});
 	my ($slot, $pid) = running_in_worker($node, $job);
 	ok(defined $pid, "$what: alice's job $job runs in " . ($slot // 'no worker'));
 	return ($job, $slot // '');
@@ -520,13 +520,15 @@ sub alice_running_job
 		$s{$j} = $s;
 	}
 	others_complete($what);
+	# The job left under a rolled back cancel may have to wait for the
+	# rescuer, then run again: a longer deadline.
 	$s{$j1}->query('COMMIT');
 	$s{$j2}->query('ROLLBACK');
 	end_session($_) for values %s;
 	my $t0 = time;
 	ok(sql_until($node, qq{
 		SELECT (SELECT state = 'cancelled' FROM jobq.jobs WHERE id = $j1)
-		   AND (SELECT state = 'completed' FROM jobq.jobs WHERE id = $j2)}, $STALL),
+		   AND (SELECT state = 'completed' FROM jobq.jobs WHERE id = $j2)}, 60),
 		sprintf('%s: once committed and rolled back, the jobs ended (%.1f s)', $what, time - $t0));
 	is(job_state($node, $j1), 'cancelled', "$what: the job whose cancel committed is cancelled");
 	is($node->safe_psql('postgres', "SELECT count(*) FROM app.effects WHERE job_id = $j1"),
