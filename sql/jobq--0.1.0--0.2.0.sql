@@ -592,29 +592,29 @@ BEGIN
 	PERFORM jobq._config_changed();
 END $$;
 
-CREATE FUNCTION jobq._drop_owned(role oid) RETURNS void
+/*
+ * DROP OWNED: the role's kinds, queues, schedules and grants go; its live
+ * jobs, and those of its kinds and queues, end cancelled.  With
+ * forget_jobs (DROP ROLE, once nothing live is left) its final jobs go too.
+ */
+CREATE FUNCTION jobq._drop_owned(role oid, forget_jobs boolean) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	cancelled_running bigint[];
 BEGIN
-	/* jobs of the role, and jobs of its kinds and queues, end cancelled */
 	WITH gone AS (
 		UPDATE jobq.jobs j SET state = 'cancelled', finalized_at = now()
-		  FROM jobq.jobs old
-		 WHERE old.id = j.id AND old.state = 'running'
-		   AND j.state IN ('scheduled', 'available', 'running', 'retryable')
+		 WHERE j.state IN ('scheduled', 'available', 'running', 'retryable')
 		   AND (j.owner::oid = role
 				OR j.kind IN (SELECT h.kind FROM jobq.handlers h WHERE h.owner::oid = role)
 				OR j.queue IN (SELECT q.name FROM jobq.queues q WHERE q.owner::oid = role))
 		RETURNING j.id)
 	SELECT array_agg(id) INTO cancelled_running FROM gone;
+	/* the workers of those that were running stop them */
 	PERFORM jobq._cancel_running_at_commit(x) FROM unnest(cancelled_running) AS x;
-	UPDATE jobq.jobs j SET state = 'cancelled', finalized_at = now()
-	 WHERE j.state IN ('scheduled', 'available', 'retryable')
-	   AND (j.owner::oid = role
-			OR j.kind IN (SELECT h.kind FROM jobq.handlers h WHERE h.owner::oid = role)
-			OR j.queue IN (SELECT q.name FROM jobq.queues q WHERE q.owner::oid = role));
-	DELETE FROM jobq.jobs j WHERE j.owner::oid = role;
+	IF forget_jobs THEN
+		DELETE FROM jobq.jobs j WHERE j.owner::oid = role;
+	END IF;
 	DELETE FROM jobq.schedules s
 	 WHERE s.owner::oid = role
 		OR s.kind IN (SELECT h.kind FROM jobq.handlers h WHERE h.owner::oid = role);
@@ -625,7 +625,7 @@ BEGIN
 		OR (g.object_type = 'queue'
 			AND g.object_name IN (SELECT q.name FROM jobq.queues q WHERE q.owner::oid = role));
 	DELETE FROM jobq.handlers h WHERE h.owner::oid = role;
-	/* a queue some other role's kind still defaults to stays, given to that kind's owner */
+	/* a queue that another role's kind still defaults to stays, given to that kind's owner */
 	UPDATE jobq.queues q SET owner = (SELECT h.owner FROM jobq.handlers h WHERE h.queue = q.name LIMIT 1)
 	 WHERE q.owner::oid = role AND EXISTS (SELECT FROM jobq.handlers h WHERE h.queue = q.name);
 	DELETE FROM jobq.queues q WHERE q.owner::oid = role AND q.name <> 'default';
@@ -636,7 +636,7 @@ END $$;
 REVOKE ALL ON FUNCTION jobq._check_use(regrole, text, text, regrole, boolean),
 	jobq._owner_of(text, text), jobq._grantee(text),
 	jobq._grant(regrole, text, text, text), jobq._revoke(regrole, text, text, text),
-	jobq._owned_by(oid), jobq._reassign_owned(oid, oid), jobq._drop_owned(oid)
+	jobq._owned_by(oid), jobq._reassign_owned(oid, oid), jobq._drop_owned(oid, boolean)
 	FROM PUBLIC;
 /* the RLS policy calls it as the reading role */
 GRANT EXECUTE ON FUNCTION jobq._sees_job(regrole, text, text) TO PUBLIC;

@@ -287,15 +287,16 @@ SELECT state, errors->0->>'message' AS message, errors->0->>'sqlstate' AS sqlsta
   FROM jobq.jobs WHERE id = :id;
 SELECT jobq.pause('alice_q');
 RESET ROLE;
--- a role with jobs cannot be dropped; DROP OWNED cancels them and removes
--- them, then it can
+-- a role with live jobs cannot be dropped; DROP OWNED cancels them, then it
+-- can, and its final jobs go with it
 SET ROLE regress_jobq_gone;
 SELECT jobq.enqueue('sec_read_secret', queue => 'alice_q') AS gone_job \gset
 RESET ROLE;
 DROP ROLE regress_jobq_gone;
 DROP OWNED BY regress_jobq_gone;
-SELECT count(*) AS gone_jobs FROM jobq.jobs WHERE id = :gone_job;
+SELECT state FROM jobq.jobs WHERE id = :gone_job;
 DROP ROLE regress_jobq_gone;
+SELECT count(*) AS gone_jobs FROM jobq.jobs WHERE id = :gone_job;
 SELECT count(*) FROM sec.log WHERE job_id = :gone_job;
 
 -- every job ran as its owner

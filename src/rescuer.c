@@ -34,6 +34,8 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 
+#define LOCKED_RECHECK_MS	1000	/* lost jobs locked by a user session */
+
 static SPIPlanPtr running_plan;
 static SPIPlanPtr rescue_plan;
 
@@ -151,6 +153,9 @@ rescuer_run(int db_index)
 		if (ndiscarded > 0)
 			jobq_at_commit_jobs_finished();
 	}
+	/* some were locked (or moved on): look again soon, not at the interval */
+	if ((uint64) nlost > SPI_processed)
+		return Min(jobq_rescue_interval_ms, LOCKED_RECHECK_MS);
 	return jobq_rescue_interval_ms;
 }
 

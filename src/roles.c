@@ -8,8 +8,9 @@
  * utility hook (ddl.c) does what they would do, in the current database:
  * DROP ROLE is refused while the role owns anything in jobq but final jobs
  * (history, which goes with the role); REASSIGN OWNED BY moves it all to
- * the new role; DROP OWNED BY removes the role's kinds, queues, schedules,
- * grants and jobs, cancelling the live ones.  As for
+ * the new role; DROP OWNED BY removes the role's kinds, queues, schedules
+ * and grants, and cancels its live jobs (and those of its kinds and
+ * queues).  As for
  * catalog objects, REASSIGN and DROP OWNED act in the current database
  * only: run them in each database that uses jobq before DROP ROLE.
  *
@@ -131,7 +132,7 @@ check_drop_role(DropRoleStmt *stmt, Oid extowner)
 							   owned, get_database_name(MyDatabaseId)),
 					 errhint("Use REASSIGN OWNED BY or DROP OWNED BY in this database first.")));
 		/* its final jobs go with it (undone if the drop fails) */
-		(void) call_internal(extowner, "SELECT jobq._drop_owned($1)", role, InvalidOid);
+		(void) call_internal(extowner, "SELECT jobq._drop_owned($1, true)", role, InvalidOid);
 	}
 }
 
@@ -183,7 +184,7 @@ jobq_roles_after_utility(Node *parsetree)
 	else
 	{
 		foreach(lc, role_oids(((DropOwnedStmt *) parsetree)->roles))
-			(void) call_internal(extowner, "SELECT jobq._drop_owned($1)",
+			(void) call_internal(extowner, "SELECT jobq._drop_owned($1, false)",
 								 lfirst_oid(lc), InvalidOid);
 	}
 }

@@ -58,9 +58,9 @@ ok( $node->poll_query_until(
 		'postgres', qq{
 	SELECT count(DISTINCT attempted_by) = 4 FROM jobq.jobs WHERE id IN ($ids) AND state = 'running'}),
 	'4 jobs of 2 s run, one per worker');
-# worker number => job id, through the worker's incarnation
+# worker number => job id, through the claim the worker holds
 my %job_of = map { split /\|/ } split /\n/, $node->safe_psql('postgres', qq{
-	SELECT substr(c.component, 8), j.id FROM jobq.components c JOIN jobq.jobs j ON j.attempted_by = c.incarnation
+	SELECT substr(c.component, 8), j.id FROM jobq.components c JOIN jobq.jobs j ON j.attempted_by = c.claim
 	 WHERE c.database = current_database() AND j.id IN ($ids)});
 is(join(',', sort keys %job_of), '0,1,2,3', 'each worker holds one of them');
 is( $node->safe_psql('postgres', q{

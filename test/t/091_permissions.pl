@@ -117,6 +117,9 @@ BEGIN
 END $$;
 
 CREATE SCHEMA squat AUTHORIZATION squatter;
+-- the squatter lets everyone call its handler (a job's owner needs USAGE on
+-- the handler's schema)
+GRANT USAGE ON SCHEMA squat TO PUBLIC;
 CREATE SCHEMA vict AUTHORIZATION victim;
 
 SET ROLE squatter;
