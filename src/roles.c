@@ -34,13 +34,18 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
-/* The owner of the jobq extension, or InvalidOid if it is not installed. */
+/*
+ * The owner of the jobq extension, or InvalidOid if it is not installed or
+ * its schema predates this (0.1.0, before ALTER EXTENSION jobq UPDATE).
+ */
 static Oid
 extension_owner(void)
 {
@@ -49,8 +54,11 @@ extension_owner(void)
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tup;
+	Oid			argtypes[1] = {OIDOID};
 
-	if (!OidIsValid(get_extension_oid("jobq", true)))
+	if (!OidIsValid(get_extension_oid("jobq", true)) ||
+		!OidIsValid(LookupFuncName(list_make2(makeString("jobq"), makeString("_owned_by")),
+								   1, argtypes, true)))
 		return InvalidOid;
 	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,

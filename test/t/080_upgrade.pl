@@ -26,7 +26,7 @@ my $from = '0.1.0';
 # (over the new columns), or undef for a column that is gone.
 my %moved = ();
 
-my $node = jobq_node('upgrade', workers => 2, conf => "log_timezone = 'UTC'\n");
+my $node = jobq_node('upgrade', workers => 2);
 my $su = $node->safe_psql('postgres', 'SELECT current_user');
 my $to = $node->safe_psql('postgres',
 	q{SELECT default_version FROM pg_available_extensions WHERE name = 'jobq'});
@@ -40,7 +40,11 @@ is($node->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname =
 ok(wait_ready($node, 'old'), "jobq runs in database old at $from");
 
 jobq_handlers($node, 'old');    # kind "effect" (superuser), backoff_max 200 ms
+# The schedules must not fire (and change) between the snapshot and the
+# comparison: in the transaction that creates them they are put a day
+# away; they are made due again after the upgrade.
 $node->safe_psql('old', q{
+BEGIN;
 CREATE TABLE public.probe (label text PRIMARY KEY, job_id bigint NOT NULL);
 SELECT jobq.register('flaky', 'app.effect(jsonb)', max_attempts => 5);
 SELECT jobq.create_queue('held');
@@ -68,11 +72,9 @@ SELECT jobq.pause('alice_q');
 SELECT jobq.register('alice_work', 'alice_app.work(jsonb)', queue => 'alice_q', max_attempts => 5);
 SELECT jobq.schedule('alice_tick', '* * * * *', 'alice_work', '{"n": 200}');
 RESET ROLE;
+UPDATE jobq.schedules SET next_fire_at = now() + interval '1 day';
+COMMIT;
 });
-# The schedules must not fire (and change) between the snapshot and the
-# comparison; they are made due again after the upgrade.
-$node->safe_psql('old',
-	q{UPDATE jobq.schedules SET next_fire_at = now() + interval '1 day'});
 
 # Enqueues as a role; returns the job's id, recorded under a label.
 sub enqueue
@@ -322,13 +324,21 @@ for my $schedule ([ 'su_tick', $su ], [ 'alice_tick', 'alice' ])
 		"schedule $name fires after the upgrade");
 	my $job = $node->safe_psql('old', "SELECT id FROM jobq.jobs WHERE unique_key = '$key'");
 	is(wait_job($node, $job, 'old'), 'completed', "... and its job completes");
-	is($node->safe_psql('old', "SELECT owner::text FROM jobq.jobs WHERE id = $job"),
+	is($node->safe_psql('old', "SELECT pg_get_userbyid(owner::oid) FROM jobq.jobs WHERE id = $job"),
 		$owner, "... as the schedule's owner");
 	is($node->safe_psql('old', "SELECT next_fire_at > now() FROM jobq.schedules WHERE name = '$name'"),
 		't', "... and the schedule moves on");
 }
 my $new_job = $node->safe_psql('old', q{SET ROLE alice; SELECT jobq.enqueue('alice_work', '{"n": 14}')});
 is(wait_job($node, $new_job, 'old'), 'completed', "a job enqueued at $to by alice completes");
+
+# From here on nothing changes in database old: no schedules, no live jobs.
+is( $node->safe_psql('old', q{
+	SELECT jobq.unschedule('su_tick'); SET ROLE alice; SELECT jobq.unschedule('alice_tick')}),
+	"t\nt", 'the schedules of both roles are removed');
+ok( $node->poll_query_until('old',
+		q{SELECT NOT EXISTS (SELECT FROM jobq.jobs WHERE state IN ('scheduled', 'available', 'running', 'retryable'))}),
+	'no job is live any more');
 
 # --- the upgraded catalog is a fresh install's -------------------------------
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
@@ -337,19 +347,39 @@ is($node->safe_psql('fresh', q{SELECT extversion FROM pg_extension WHERE extname
 	$to, "a fresh install is at $to");
 ok(wait_ready($node, 'fresh'), 'jobq runs in database fresh');
 
-# pg_dump of schema jobq, without comments and blank lines (and without
-# the random \restrict key of newer pg_dump releases).
-sub dump_schema
+# pg_dump of schema jobq and of the extension, without comments and blank
+# lines (and the random \restrict key of newer pg_dump releases).  The
+# extension's objects are not dumped, only CREATE EXTENSION and what differs
+# from what its scripts made (privileges changed afterwards, say).
+sub dump_jobq
 {
-	my ($db) = @_;
+	my ($db, @opts) = @_;
 	my ($out, $err) = ('', '');
-	my @cmd = ($node->installed_command('pg_dump'), '--schema-only', '-n', 'jobq',
+	my @cmd = ($node->installed_command('pg_dump'), @opts, '-n', 'jobq', '-e', 'jobq',
 		'-d', $node->connstr($db));
-	IPC::Run::run(\@cmd, '<', '/dev/null', '>', \$out, '2>', \$err)
-	  or die "pg_dump of $db failed: $err";
+	ok(IPC::Run::run(\@cmd, '<', '/dev/null', '>', \$out, '2>', \$err), "pg_dump @opts of database $db")
+	  or diag($err);
 	return [ grep { !/^--/ && !/^\s*$/ && !/^\\(un)?restrict\b/ } split /\n/, $out ];
 }
-same_lines(dump_schema('old'), dump_schema('fresh'), 'pg_dump --schema-only -n jobq: upgraded equals fresh');
+same_lines(dump_jobq('old', '--schema-only'), dump_jobq('fresh', '--schema-only'),
+	'pg_dump --schema-only: upgraded equals fresh');
+
+# The data dump of the upgraded database has the rows of each dump-configured
+# table that its condition selects.
+my $data = join("\n", @{ dump_jobq('old', '--data-only') }) . "\n";
+for my $line (split /\n/, $node->safe_psql('old', q{
+	SELECT x.cfg::regclass::text || chr(9) || x.cond
+	  FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS x(cfg, cond)
+	  JOIN pg_class c ON c.oid = x.cfg
+	 WHERE e.extname = 'jobq' AND c.relkind IN ('r', 'p')}))
+{
+	my ($table, $cond) = split /\t/, $line, 2;
+	my $rows = $node->safe_psql('old', "SELECT count(*) FROM $table $cond");
+	my ($copy) = $data =~ /^COPY \Q$table\E \(.*?\) FROM stdin;\n(.*?)^\\\.$/ms;
+	my @copied = split /\n/, $copy // '';
+	is(defined $copy ? scalar(@copied) : 'no COPY', $rows,
+		"the data dump has the $rows rows of $table its condition selects");
+}
 
 # Catalog descriptions of jobq, one line per object, independent of oids.
 my $ext_members = q{
