@@ -360,7 +360,6 @@ refresh_caches(uint64 generation)
 {
 	if (generation == cached_generation)
 		return;
-	cached_generation = generation;
 	if (kinds != NULL)
 	{
 		HASH_SEQ_STATUS seq;
@@ -371,8 +370,13 @@ refresh_caches(uint64 generation)
 			if (k->call_plan != NULL)
 				SPI_freeplan(k->call_plan);
 	}
+	/* both live in kinds_cxt, which load_kinds resets: never left dangling */
+	kinds = NULL;
+	queues = NULL;
 	load_kinds();
 	load_queues();
+	/* only once loaded: a failed load is tried again next cycle */
+	cached_generation = generation;
 }
 
 /* Resolves a kind's handler: function or procedure, result conversion. */
