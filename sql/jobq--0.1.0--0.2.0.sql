@@ -172,11 +172,16 @@ DECLARE
 	q regrole;
 BEGIN
 	h := jobq._handler_of(kind);
-	PERFORM jobq._check_use(caller, 'kind', kind, h.owner, true);
+	/* an owner using its own kind and queue needs no look at the grants */
+	IF h.owner <> caller THEN
+		PERFORM jobq._check_use(caller, 'kind', kind, h.owner, true);
+	END IF;
 	j.queue := coalesce(queue, h.queue);
 	PERFORM jobq._check_queue(j.queue);
 	SELECT qs.owner INTO q FROM jobq.queues qs WHERE qs.name = j.queue;
-	PERFORM jobq._check_use(caller, 'queue', j.queue, q, false);
+	IF q <> caller THEN
+		PERFORM jobq._check_use(caller, 'queue', j.queue, q, false);
+	END IF;
 	PERFORM jobq._check_priority(priority);
 	j.priority := coalesce(priority, h.priority);
 	PERFORM jobq._check_max_attempts(max_attempts);
@@ -554,7 +559,21 @@ END $$;
  * the caller's search_path
  * --------------------------------------------------------------------- */
 
-ALTER FUNCTION jobq.current_job() SET search_path = pg_catalog, pg_temp;
+/*
+ * current_job() runs once or more per job, inside handlers: its names are
+ * qualified instead (a SET clause would cost a GUC save and restore per
+ * call).  PL/pgSQL re-parses it under the caller's search_path, which can
+ * then change nothing.
+ */
+CREATE OR REPLACE FUNCTION jobq.current_job() RETURNS jobq.jobs
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+	job jobq.jobs;
+BEGIN
+	SELECT * INTO job FROM jobq.jobs
+	 WHERE id OPERATOR(pg_catalog.=) jobq._current_job_id();
+	RETURN job;
+END $$;
 ALTER FUNCTION jobq.enqueue_trigger() SET search_path = pg_catalog, pg_temp;
 
 /* ---------------------------------------------------------------------

@@ -38,9 +38,16 @@
 
 static SPIPlanPtr running_plan;
 static SPIPlanPtr rescue_plan;
+static SPIPlanPtr locked_plan;
 
 static const char *RUNNING_SQL =
 "SELECT id, attempted_by FROM jobq.jobs WHERE state = 'running'";
+
+/* lost jobs the rescue left running: locked by a user session */
+static const char *LOCKED_SQL =
+"SELECT count(*) FROM jobq.jobs l"
+"  JOIN unnest($1::int8[], $2::int8[]) AS lost(id, attempted_by) ON l.id = lost.id"
+" WHERE l.state = 'running' AND l.attempted_by IS NOT DISTINCT FROM lost.attempted_by";
 
 static const char *RESCUE_SQL =
 "UPDATE jobq.jobs j"
@@ -71,6 +78,7 @@ rescuer_start(void)
 
 	running_plan = jobq_prepare(RUNNING_SQL, 0, NULL);
 	rescue_plan = jobq_prepare(RESCUE_SQL, 2, types);
+	locked_plan = jobq_prepare(LOCKED_SQL, 2, types);
 }
 
 static void
@@ -78,6 +86,7 @@ rescuer_stop(void)
 {
 	jobq_free_plan(&running_plan);
 	jobq_free_plan(&rescue_plan);
+	jobq_free_plan(&locked_plan);
 }
 
 static bool
@@ -153,9 +162,16 @@ rescuer_run(int db_index)
 		if (ndiscarded > 0)
 			jobq_at_commit_jobs_finished();
 	}
-	/* some were locked (or moved on): look again soon, not at the interval */
+	/* some were locked by a user session: look again soon */
 	if ((uint64) nlost > SPI_processed)
-		return Min(jobq_rescue_interval_ms, LOCKED_RECHECK_MS);
+	{
+		bool		isnull;
+
+		if (jobq_execute_plan(locked_plan, values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not count locked jobs of lost workers");
+		if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0)
+			return Min(jobq_rescue_interval_ms, LOCKED_RECHECK_MS);
+	}
 	return jobq_rescue_interval_ms;
 }
 
