@@ -77,7 +77,8 @@
 
 #define KIND_KEY_LEN 129		/* jobq.handlers.kind is at most 128 bytes */
 #define ERROR_FIELD_MAX 8192	/* bytes kept of each text of an error entry */
-#define WATCHDOG_TICK_MS 200	/* how often a running job's watchdog looks */
+#define WATCHDOG_START_MS 1000	/* a job's watchdog first looks after this, */
+#define WATCHDOG_TICK_MS 250	/* then this often */
 
 /* A registered kind as the worker needs it; the handler is resolved lazily. */
 typedef struct KindEntry
@@ -96,6 +97,7 @@ typedef struct KindEntry
 } KindEntry;
 
 #define QUEUE_KEY_LEN 64		/* jobq.queues.name is at most 63 bytes */
+#define FEW_QUEUES 8			/* up to this many, claim from each in turn */
 
 typedef struct QueueEntry
 {
@@ -139,6 +141,8 @@ static MemoryContext kinds_cxt;
 static HTAB *kinds = NULL;
 static Datum alone_kinds;		/* text[] of the procedure kinds, for the claim */
 static HTAB *queues = NULL;
+static QueueEntry **unpaused;	/* the unpaused queues, in kinds_cxt */
+static int	nunpaused;
 static uint64 cached_generation = 0;
 static uint32 queue_rotor = 0;
 static double mean_job_ms;		/* moving mean of handler durations */
@@ -183,8 +187,8 @@ static const char *FAIL_SQL =
 
 /*
  * The queues that have available jobs, one index probe per such queue (a
- * skip scan of jobs_available): what a claim cycle costs does not grow
- * with the number of queues.
+ * skip scan of jobs_available): with many queues, what a claim cycle costs
+ * does not grow with their number.
  */
 static const char *QUEUES_WITH_JOBS_SQL =
 "WITH RECURSIVE q(name) AS ("
@@ -329,15 +333,36 @@ load_queues(void)
 		q->paused = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
 		q->limited = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 	}
+
+	unpaused = MemoryContextAlloc(kinds_cxt, sizeof(QueueEntry *) * Max(SPI_processed, 1));
+	nunpaused = 0;
+	{
+		HASH_SEQ_STATUS seq;
+		QueueEntry *q;
+
+		hash_seq_init(&seq, queues);
+		while ((q = hash_seq_search(&seq)) != NULL)
+			if (!q->paused)
+				unpaused[nunpaused++] = q;
+	}
 }
 
-/* The known, unpaused queues that have available jobs, in batch_cxt. */
+/*
+ * The queues to claim from: with a few queues, every unpaused one (a claim
+ * of an empty queue is as cheap as looking); with more, only the unpaused
+ * ones that have available jobs, in batch_cxt.
+ */
 static QueueEntry **
 queues_with_jobs(int *count)
 {
 	QueueEntry **ready;
 	int			n = 0;
 
+	if (nunpaused <= FEW_QUEUES)
+	{
+		*count = nunpaused;
+		return unpaused;
+	}
 	if (jobq_execute_plan(queues_with_jobs_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not find the queues with available jobs");
 	ready = MemoryContextAlloc(batch_cxt, sizeof(QueueEntry *) * Max(SPI_processed, 1));
@@ -370,9 +395,11 @@ refresh_caches(uint64 generation)
 			if (k->call_plan != NULL)
 				SPI_freeplan(k->call_plan);
 	}
-	/* both live in kinds_cxt, which load_kinds resets: never left dangling */
+	/* all live in kinds_cxt, which load_kinds resets: never left dangling */
 	kinds = NULL;
 	queues = NULL;
+	unpaused = NULL;
+	nunpaused = 0;
 	load_kinds();
 	load_queues();
 	/* only once loaded: a failed load is tried again next cycle */
@@ -756,7 +783,8 @@ record_failure(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *ou
 }
 
 /*
- * The job watchdog: a timer that ticks while a handler runs.  It runs in a
+ * The job watchdog: a timer that ticks while a handler runs (from its first
+ * second on).  It runs in a
  * signal handler, so it only reads atomics and sends signals to ourselves:
  * SIGINT (a query cancel, which the handler may catch) once a committed
  * jobq.cancel() names the job, and SIGTERM (a FATAL exit, which it cannot)
@@ -802,8 +830,13 @@ watchdog_start(ClaimedJob *job, KindEntry *k, TimestampTz started)
 												 Min(k->timeout_ms + jobq_timeout_grace_ms,
 													 (int64) 100 * 365 * 24 * 3600 * 1000));
 	watched_job = job->id;
+	/*
+	 * Not at once: a disarmed timer still wakes the process once at its
+	 * time (SIGALRM sets the latch), and an idle worker woken for nothing
+	 * runs an empty claim; short jobs should not leave that behind.
+	 */
 	enable_timeout_every(watchdog_timeout,
-						 TimestampTzPlusMilliseconds(started, WATCHDOG_TICK_MS),
+						 TimestampTzPlusMilliseconds(started, WATCHDOG_START_MS),
 						 WATCHDOG_TICK_MS);
 }
 
