@@ -38,6 +38,13 @@ SELECT pg_catalog.pg_extension_config_dump('jobq.grants',
 INSERT INTO jobq.grants (object_type, object_name, grantee, granted_by)
 SELECT 'queue', 'default', 0, q.owner FROM jobq.queues q WHERE q.name = 'default';
 
+/* How messages name a kind or a queue. */
+CREATE FUNCTION jobq._object_label(object_type text, object_name text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT format('%s "%s"', CASE object_type WHEN 'kind' THEN 'job kind' ELSE 'queue' END,
+				  object_name)
+$$;
+
 /*
  * Whether caller may use an object owned by owner: it has the owner's
  * privileges, or holds a grant (to it, a role it has the privileges of, or
@@ -49,9 +56,6 @@ SELECT 'queue', 'default', 0, q.owner FROM jobq.queues q WHERE q.name = 'default
 CREATE FUNCTION jobq._check_use(caller regrole, object_type text, object_name text,
 								owner regrole, run_as_caller boolean)
 RETURNS void LANGUAGE plpgsql STABLE AS $$
-DECLARE
-	what text := format(CASE object_type WHEN 'kind' THEN 'job kind "%s"'
-							ELSE 'queue "%s"' END, object_name);
 BEGIN
 	IF NOT pg_has_role(caller, owner, 'USAGE') AND NOT EXISTS (
 		SELECT FROM jobq.grants g
@@ -59,7 +63,7 @@ BEGIN
 		   AND g.object_name = _check_use.object_name
 		   AND (g.grantee = 0 OR pg_has_role(caller, g.grantee, 'USAGE'))
 		   AND pg_has_role(g.granted_by, owner, 'USAGE')) THEN
-		RAISE EXCEPTION 'permission denied for %', what
+		RAISE EXCEPTION 'permission denied for %', jobq._object_label(object_type, object_name)
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = format('It belongs to role %s.', owner),
 				  HINT = format('Its owner can allow it with jobq.grant(%L, %L, %L).',
@@ -71,7 +75,7 @@ BEGIN
 		   AND g.object_name = _check_use.object_name
 		   AND (g.grantee = 0 OR pg_has_role(caller, g.grantee, 'USAGE'))
 		   AND pg_has_role(g.granted_by, caller, 'USAGE')) THEN
-		RAISE EXCEPTION 'permission denied for %', what
+		RAISE EXCEPTION 'permission denied for %', jobq._object_label(object_type, object_name)
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = format('Its handler belongs to role %s, which does not have the privileges of role %s; running it as %s would give them to it.',
 								  owner, caller, caller),
@@ -96,8 +100,7 @@ BEGIN
 				  DETAIL = 'Grants are on a ''kind'' or a ''queue''.';
 	END IF;
 	IF o IS NULL THEN
-		RAISE EXCEPTION '% "%" does not exist',
-			CASE object_type WHEN 'kind' THEN 'job kind' ELSE 'queue' END, object_name
+		RAISE EXCEPTION '% does not exist', jobq._object_label(object_type, object_name)
 			USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN o;
@@ -128,8 +131,7 @@ DECLARE
 	owner regrole := jobq._owner_of(object_type, object_name);
 	r oid := jobq._grantee(grantee);
 BEGIN
-	PERFORM jobq._check_member(caller, owner,
-		format('%s "%s"', CASE object_type WHEN 'kind' THEN 'job kind' ELSE 'queue' END, object_name));
+	PERFORM jobq._check_member(caller, owner, jobq._object_label(object_type, object_name));
 	INSERT INTO jobq.grants AS g (object_type, object_name, grantee, granted_by)
 	VALUES (object_type, object_name, r, caller)
 	ON CONFLICT ON CONSTRAINT grants_pkey DO UPDATE
@@ -146,8 +148,7 @@ DECLARE
 	owner regrole := jobq._owner_of(object_type, object_name);
 	r oid := jobq._grantee(grantee);
 BEGIN
-	PERFORM jobq._check_member(caller, owner,
-		format('%s "%s"', CASE object_type WHEN 'kind' THEN 'job kind' ELSE 'queue' END, object_name));
+	PERFORM jobq._check_member(caller, owner, jobq._object_label(object_type, object_name));
 	DELETE FROM jobq.grants g
 	 WHERE g.object_type = _revoke.object_type AND g.object_name = _revoke.object_name
 	   AND g.grantee = r;
@@ -652,7 +653,8 @@ BEGIN
 	PERFORM jobq._config_changed();
 END $$;
 
-REVOKE ALL ON FUNCTION jobq._check_use(regrole, text, text, regrole, boolean),
+REVOKE ALL ON FUNCTION jobq._object_label(text, text),
+	jobq._check_use(regrole, text, text, regrole, boolean),
 	jobq._owner_of(text, text), jobq._grantee(text),
 	jobq._grant(regrole, text, text, text), jobq._revoke(regrole, text, text, text),
 	jobq._owned_by(oid), jobq._reassign_owned(oid, oid), jobq._drop_owned(oid, boolean)
