@@ -16,6 +16,8 @@ OBJS = \
 	src/cron.o \
 	src/ddl.o \
 	src/guc.o \
+	src/job_control.o \
+	src/job_state.o \
 	src/jobq.o \
 	src/launcher.o \
 	src/leader.o \
@@ -24,6 +26,7 @@ OBJS = \
 	src/rescuer.o \
 	src/roles.o \
 	src/scheduler.o \
+	src/settings.o \
 	src/shmem.o \
 	src/views.o \
 	src/worker.o

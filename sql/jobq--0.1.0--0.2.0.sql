@@ -663,8 +663,8 @@ REVOKE ALL ON FUNCTION jobq._object_label(text, text),
 GRANT EXECUTE ON FUNCTION jobq._sees_job(regrole, text, text) TO PUBLIC;
 
 /* ---------------------------------------------------------------------
- * jobq.components shows the claim a worker holds: what attempted_by of
- * its running jobs is.  Its job_id is shown only to roles that may see
+ * jobq.components shows the claim a worker holds (what attempted_by of
+ * its running jobs is) and when it started the job it runs.  Its job_id is shown only to roles that may see
  * the job (see views.c).
  * --------------------------------------------------------------------- */
 
@@ -675,10 +675,64 @@ CREATE FUNCTION jobq._components(
 	OUT job_id bigint, OUT incarnation bigint, OUT started_at timestamptz,
 	OUT heartbeat_at timestamptz, OUT restarts integer, OUT last_error text,
 	OUT last_error_at timestamptz, OUT jobs_done bigint, OUT jobs_failed bigint,
-	OUT claim bigint)
+	OUT claim bigint, OUT job_started_at timestamptz)
 RETURNS SETOF record LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_components';
 
 CREATE VIEW jobq.components AS SELECT * FROM jobq._components();
 COMMENT ON VIEW jobq.components IS
 	'One row per jobq process and leader service: state, current job, restarts, last error';
 GRANT SELECT ON jobq.components TO PUBLIC;
+
+/* ---------------------------------------------------------------------
+ * Handlers stop their own job: give up, snooze, cancel (src/job_control.c)
+ * --------------------------------------------------------------------- */
+
+ALTER TABLE jobq.jobs ADD COLUMN snoozes integer NOT NULL DEFAULT 0;
+COMMENT ON COLUMN jobq.jobs.snoozes IS
+	'How often the handler snoozed the job (jobq.snooze); a snooze does not count as an attempt';
+
+CREATE FUNCTION jobq.give_up(reason text) RETURNS void
+	LANGUAGE C CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'jobq_give_up';
+COMMENT ON FUNCTION jobq.give_up(text) IS
+	'In a handler: ends it and discards its job now, effects rolled back, reason recorded in errors';
+
+CREATE FUNCTION jobq.snooze(delay interval) RETURNS void
+	LANGUAGE C CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'jobq_snooze_for';
+COMMENT ON FUNCTION jobq.snooze(interval) IS
+	'In a handler: ends it, effects rolled back; its job runs again after delay, the attempt not counted';
+
+CREATE FUNCTION jobq.snooze(run_at timestamptz) RETURNS void
+	LANGUAGE C CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'jobq_snooze_until';
+COMMENT ON FUNCTION jobq.snooze(timestamptz) IS
+	'In a handler: ends it, effects rolled back; its job runs again at run_at, the attempt not counted';
+
+/* ---------------------------------------------------------------------
+ * jobq.retry takes a running job no live worker holds (a stuck job), as
+ * the rescuer would; a job a live worker runs is left to it.
+ * --------------------------------------------------------------------- */
+
+CREATE FUNCTION jobq._claim_is_live(claim bigint) RETURNS boolean
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'jobq_claim_is_live_sql';
+REVOKE ALL ON FUNCTION jobq._claim_is_live(bigint) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION jobq._retry(caller regrole, id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	j jobq.jobs;
+BEGIN
+	j := jobq._job_for_change(caller, id, false);
+	/* the state test comes before the row lock: held jobs are not locked */
+	UPDATE jobq.jobs
+	   SET state = 'available', scheduled_at = now(), finalized_at = NULL,
+		   max_attempts = greatest(max_attempts, attempt + 1)
+	 WHERE jobs.id = j.id
+	   AND (state NOT IN ('available', 'running')
+			OR (state = 'running' AND NOT jobq._claim_is_live(attempted_by)));
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	PERFORM jobq._wake_workers_at_commit(1);
+	RETURN true;
+END $$;
+COMMENT ON FUNCTION jobq.retry(bigint) IS
+	'Makes a waiting, final or stuck (running with no live worker) job available now, granting one more attempt if it had none left; false if it is available or a worker runs it';

@@ -301,6 +301,8 @@ jobq_config_changed_sql(PG_FUNCTION_ARGS)
 Datum
 jobq_cancel_running_at_commit_sql(PG_FUNCTION_ARGS)
 {
+	/* a handler cancelling its own job: see job_control.c */
+	jobq_cancel_own_job(PG_GETARG_INT64(0));
 	jobq_at_commit_cancel_running(PG_GETARG_INT64(0));
 	PG_RETURN_VOID();
 }

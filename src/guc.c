@@ -24,8 +24,10 @@ int			jobq_completed_retention_s = 86400;
 int			jobq_discarded_retention_s = 7 * 86400;
 int			jobq_leader_cooldown_ms = 10000;
 int			jobq_timeout_grace_ms = 5000;
+int			jobq_max_snoozes = 1000;
 bool		jobq_log_jobs = false;
 char	   *jobq_fail_service = NULL;
+bool		jobq_debug_fail_batch = false;
 
 void
 jobq_guc_define(void)
@@ -151,6 +153,17 @@ jobq_guc_define(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("jobq.max_snoozes",
+							"How often one job may be snoozed by its handler.",
+							"A snooze beyond it counts as a failed attempt.",
+							&jobq_max_snoozes,
+							1000,
+							0,
+							INT_MAX,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
 	DefineCustomBoolVariable("jobq.log_jobs",
 							 "Logs one line per job run (for debugging).",
 							 NULL,
@@ -168,6 +181,15 @@ jobq_guc_define(void)
 							   PGC_SIGHUP,
 							   GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("jobq.debug_fail_batch",
+							 "Makes every transaction of a worker that ran jobs fail before it commits (for testing).",
+							 NULL,
+							 &jobq_debug_fail_batch,
+							 false,
+							 PGC_SIGHUP,
+							 GUC_NOT_IN_SAMPLE,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("jobq");
 }

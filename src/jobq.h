@@ -125,6 +125,7 @@ typedef struct JobqComponent
 	JobqState	state;
 	int64		job_id;			/* workers: job being run, 0 if none */
 	Oid			job_owner;		/* workers: its owner (who may see job_id) */
+	TimestampTz job_started_at; /* workers: when it started */
 	pg_atomic_uint64 cancel_job;	/* workers: job a committed cancel stops */
 	TimestampTz started_at;
 	TimestampTz heartbeat_at;
@@ -133,6 +134,7 @@ typedef struct JobqComponent
 	int64		jobs_done;
 	int64		jobs_failed;
 	bool		stop_requested; /* launcher asks a worker to leave */
+	bool		restart_at_once;	/* it exits on purpose: no backoff */
 	char		last_error[JOBQ_ERROR_LEN];
 } JobqComponent;
 
@@ -204,8 +206,10 @@ extern int	jobq_completed_retention_s;
 extern int	jobq_discarded_retention_s;
 extern int	jobq_leader_cooldown_ms;
 extern int	jobq_timeout_grace_ms;
+extern int	jobq_max_snoozes;
 extern bool jobq_log_jobs;
 extern char *jobq_fail_service;
+extern bool jobq_debug_fail_batch;
 extern void jobq_guc_define(void);
 
 /* shmem.c */
@@ -217,6 +221,8 @@ extern int	jobq_db_index(Oid dboid);
 extern void jobq_component_attach(JobqComponent *c);
 extern void jobq_component_set_state(JobqComponent *c, JobqState state);
 extern void jobq_component_set_job(JobqComponent *c, int64 job_id, Oid owner);
+extern void jobq_component_restart_at_once(JobqComponent *c);
+extern bool jobq_claim_is_live(int db_index, uint64 claim);
 extern void jobq_component_set_claim(JobqComponent *c, uint64 claim);
 extern void jobq_cancel_running_job(int db_index, int64 job_id);
 extern void jobq_component_heartbeat(JobqComponent *c);
@@ -259,9 +265,10 @@ extern bool jobq_extension_present(void);
 extern const char *jobq_process_database(void);
 extern void jobq_process_exit_if_extension_gone(JobqComponent *me);
 extern void jobq_process_handle_interrupts(void);
-extern void jobq_process_recover(JobqComponent *me, MemoryContext cxt);
+extern ErrorData *jobq_process_recover(JobqComponent *me, MemoryContext cxt);
 extern void jobq_process_wait(long timeout_ms);
 extern void jobq_process_sleep(long delay_ms);
+extern void jobq_process_allow_cancel(bool allow);
 extern void jobq_xact_begin(const char *activity);
 extern void jobq_xact_end(void);
 extern struct _SPI_plan *jobq_prepare(const char *sql, int nargs, Oid *argtypes);
@@ -269,6 +276,50 @@ extern struct _SPI_plan *jobq_prepare_transient(const char *sql, int nargs, Oid 
 extern int	jobq_execute_plan(struct _SPI_plan *plan, Datum *values, const char *nulls,
 							  bool read_only, long count);
 extern void jobq_free_plan(struct _SPI_plan **plan);
+
+/* settings.c: the settings of jobq's processes and of handlers */
+extern void jobq_settings_capture(void);
+extern void jobq_settings_pin(void);
+extern void jobq_settings_load(void);
+extern bool jobq_settings_apply_owner(Oid owner);
+
+/* job_state.c: every transition out of 'running' */
+typedef enum JobqEnd
+{
+	JOBQ_END_GONE,				/* not running under the claim any more */
+	JOBQ_END_AVAILABLE,
+	JOBQ_END_SCHEDULED,
+	JOBQ_END_RETRYABLE,
+	JOBQ_END_DISCARDED,
+	JOBQ_NUM_ENDS
+} JobqEnd;
+extern bool jobq_job_complete(int64 id, uint64 claim, Datum result, bool result_isnull);
+extern JobqEnd jobq_job_fail(int64 id, uint64 claim, int64 delay_ms, ErrorData *edata);
+extern bool jobq_job_give_up(int64 id, uint64 claim, const char *reason);
+extern bool jobq_job_cancelled_by_handler(int64 id, uint64 claim);
+extern JobqEnd jobq_job_snooze(int64 id, uint64 claim, TimestampTz run_at);
+extern void jobq_jobs_release(int64 *ids, bool *started, int n, uint64 claim,
+							  ErrorData *edata, int *ends);
+extern void jobq_jobs_rescue(Datum ids, Datum claims, int *ends);
+extern void jobq_job_state_forget_rescue_plan(void);
+
+/* job_control.c: what a handler asks of its own job */
+#define JOBQ_REASON_LEN 8193	/* bytes of a give-up reason kept, with NUL */
+typedef enum JobqRequestKind
+{
+	JOBQ_REQUEST_NONE,
+	JOBQ_REQUEST_GIVE_UP,
+	JOBQ_REQUEST_SNOOZE,
+	JOBQ_REQUEST_CANCEL
+} JobqRequestKind;
+typedef struct JobqRequest
+{
+	JobqRequestKind kind;
+	TimestampTz run_at;			/* snooze */
+	char		reason[JOBQ_REASON_LEN];	/* give up */
+} JobqRequest;
+extern JobqRequest jobq_request;
+extern void jobq_cancel_own_job(int64 job_id);
 
 /* worker.c */
 PGDLLEXPORT void jobq_worker_main(Datum main_arg) pg_attribute_noreturn();

@@ -262,11 +262,15 @@ process_exited(int d, JobqComponent *c, LaunchedProcess *p, bool wanted,
 {
 	JobqDatabase *db = &JobqShared->databases[d];
 	bool		expected;
+	bool		at_once;
 	bool		said_why;
 
 	SpinLockAcquire(&c->mutex);
 	expected = !wanted || c->stop_requested;
+	at_once = c->restart_at_once;
 	said_why = c->last_error_at >= p->started_at;
+	if (at_once && !expected)
+		c->restarts++;
 	SpinLockRelease(&c->mutex);
 
 	/* a worker's jobs may need rescue; a leader may need replacing */
@@ -275,7 +279,7 @@ process_exited(int d, JobqComponent *c, LaunchedProcess *p, bool wanted,
 	jobq_wake_database(d);
 	jobq_wake_leader(d);
 
-	if (expected)
+	if (expected || at_once)
 	{
 		p->failures = 0;
 		p->next_start = now;

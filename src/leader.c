@@ -213,7 +213,7 @@ in_transaction(JobqComponent *slot, const char *activity, void (*fn) (ServiceRun
 	}
 	PG_CATCH();
 	{
-		jobq_process_recover(slot, leader_cxt);
+		FreeErrorData(jobq_process_recover(slot, leader_cxt));
 		ok = false;
 	}
 	PG_END_TRY();
@@ -460,8 +460,6 @@ jobq_candidate_main(Datum main_arg)
 	TimestampTz may_compete_at = 0;
 
 	me = jobq_process_start(main_arg, "jobq candidate");
-	/* the leader's statements wait for no lock a user session holds open */
-	SetConfigOption("lock_timeout", CppAsString2(JOBQ_LOCK_TIMEOUT_MS), PGC_SUSET, PGC_S_OVERRIDE);
 	leader_cxt = AllocSetContextCreate(TopMemoryContext, "jobq leader", ALLOCSET_DEFAULT_SIZES);
 	for (int i = 0; i < JOBQ_NUM_SERVICES; i++)
 	{

@@ -6,7 +6,9 @@
  *	  there, react to signals, and open and close transactions.
  *
  * The launcher passes the slot number as bgw_main_arg and the database OID
- * in bgw_extra.  A process finding the extension absent marks its database
+ * in bgw_extra.  A query cancel (pg_cancel_backend, SIGINT) is for a job's
+ * handler: anywhere else it is absorbed, so that it can neither kill the
+ * process nor hit jobq's own bookkeeping.  A process finding the extension absent marks its database
  * so, and leaves with exit code 0; the launcher then stops the rest.
  *
  *-------------------------------------------------------------------------
@@ -30,6 +32,32 @@
 #include "commands/dbcommands.h"
 
 static int	my_db_index = -1;
+static volatile sig_atomic_t cancel_allowed = false;
+static volatile sig_atomic_t cancels_absorbed = 0;
+static int	cancels_reported = 0;
+
+/*
+ * SIGINT: a cancel, unless it is one of our own timeouts firing (statement
+ * and lock timeouts raise their error through SIGINT), reaches the process
+ * only while a handler runs.
+ */
+static void
+cancel_handler(SIGNAL_ARGS)
+{
+	if (cancel_allowed ||
+		get_timeout_indicator(LOCK_TIMEOUT, false) ||
+		get_timeout_indicator(STATEMENT_TIMEOUT, false))
+		StatementCancelHandler(postgres_signal_arg);
+	else
+		cancels_absorbed++;
+}
+
+/* Lets a query cancel through (while a handler runs) or absorbs it. */
+void
+jobq_process_allow_cancel(bool allow)
+{
+	cancel_allowed = allow;
+}
 
 /* The name of the process's database, without a catalog look-up. */
 const char *
@@ -49,16 +77,19 @@ jobq_process_start(Datum main_arg, const char *app_name)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
+	pqsignal(SIGINT, cancel_handler);
 	BackgroundWorkerUnblockSignals();
 
 	/* before connecting: see jobq_component_attach */
 	jobq_component_attach(me);
 	my_db_index = me->db_index;
 
+	jobq_settings_capture();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname(app_name);
 
 	StartTransactionCommand();
+	jobq_settings_pin();
 	present = jobq_extension_present();
 	CommitTransactionCommand();
 
@@ -108,7 +139,16 @@ jobq_process_exit_if_extension_gone(JobqComponent *me)
 void
 jobq_process_handle_interrupts(void)
 {
+	int			absorbed = cancels_absorbed;
+
 	CHECK_FOR_INTERRUPTS();
+	if (absorbed != cancels_reported)
+	{
+		ereport(LOG,
+				(errmsg("jobq process of database \"%s\" ignored %d query cancel requests: it was not running a job",
+						jobq_process_database(), absorbed - cancels_reported)));
+		cancels_reported = absorbed;
+	}
 	if (ConfigReloadPending)
 	{
 		ConfigReloadPending = false;
@@ -119,18 +159,14 @@ jobq_process_handle_interrupts(void)
 /*
  * The transaction bracket of every jobq process.  SPI wants an outer
  * snapshot; it still takes a fresh one for each statement we run (READ
- * COMMITTED), which the claim of a limited queue relies on.  Isolation and
- * read-only are jobq's choice, not the database's or role's defaults
- * (default_transaction_isolation = serializable would fail claims with
- * serialization errors; a read-only default would stop everything).
+ * COMMITTED, pinned by settings.c), which the claim of a limited queue
+ * relies on.
  */
 void
 jobq_xact_begin(const char *activity)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	XactIsoLevel = XACT_READ_COMMITTED;
-	XactReadOnly = false;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -149,15 +185,17 @@ jobq_xact_end(void)
 
 /*
  * Recovers from an ERROR that escaped a cycle: report it, undo the
- * transaction, and keep the message for jobq.components.  The caller then
- * backs off before trying again.
+ * transaction, and keep the message for jobq.components.  Returns the
+ * error, in cxt, for the caller to free.  The caller then backs off before
+ * trying again.
  */
-void
+ErrorData *
 jobq_process_recover(JobqComponent *me, MemoryContext cxt)
 {
 	ErrorData  *edata;
 
 	HOLD_INTERRUPTS();
+	jobq_process_allow_cancel(false);
 	disable_all_timeouts(false);
 	QueryCancelPending = false;
 	MemoryContextSwitchTo(cxt);
@@ -166,8 +204,8 @@ jobq_process_recover(JobqComponent *me, MemoryContext cxt)
 	FlushErrorState();
 	AbortOutOfAnyTransaction();
 	jobq_component_error(me, edata->message);
-	FreeErrorData(edata);
 	RESUME_INTERRUPTS();
+	return edata;
 }
 
 /*

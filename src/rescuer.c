@@ -37,7 +37,6 @@
 #define LOCKED_RECHECK_MS	1000	/* lost jobs locked by a user session */
 
 static SPIPlanPtr running_plan;
-static SPIPlanPtr rescue_plan;
 static SPIPlanPtr locked_plan;
 
 static const char *RUNNING_SQL =
@@ -49,35 +48,12 @@ static const char *LOCKED_SQL =
 "  JOIN unnest($1::int8[], $2::int8[]) AS lost(id, attempted_by) ON l.id = lost.id"
 " WHERE l.state = 'running' AND l.attempted_by IS NOT DISTINCT FROM lost.attempted_by";
 
-static const char *RESCUE_SQL =
-"UPDATE jobq.jobs j"
-"   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
-"                    ELSE 'retryable' END::jobq.job_state,"
-"       scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at"
-"                           ELSE now() + jobq._backoff(j.attempt,"
-"                                (SELECT h.backoff_max FROM jobq.handlers h"
-"                                  WHERE h.kind = j.kind)) END,"
-"       finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,"
-"       errors = j.errors || jsonb_build_array(jsonb_build_object("
-"           'attempt', j.attempt, 'at', now(),"
-"           'message', 'worker lost: the worker running this job exited or gave it up before the job ended',"
-"           'lost', true))"
-"  FROM (SELECT l.id FROM jobq.jobs l"
-"          JOIN unnest($1::int8[], $2::int8[]) AS lost(id, attempted_by)"
-"            ON l.id = lost.id"
-"         WHERE l.state = 'running'"
-"           AND l.attempted_by IS NOT DISTINCT FROM lost.attempted_by"
-"           FOR UPDATE OF l SKIP LOCKED) AS taken"
-" WHERE j.id = taken.id"
-" RETURNING j.state = 'discarded'";
-
 static void
 rescuer_start(void)
 {
 	Oid			types[2] = {INT8ARRAYOID, INT8ARRAYOID};
 
 	running_plan = jobq_prepare(RUNNING_SQL, 0, NULL);
-	rescue_plan = jobq_prepare(RESCUE_SQL, 2, types);
 	locked_plan = jobq_prepare(LOCKED_SQL, 2, types);
 }
 
@@ -85,8 +61,8 @@ static void
 rescuer_stop(void)
 {
 	jobq_free_plan(&running_plan);
-	jobq_free_plan(&rescue_plan);
 	jobq_free_plan(&locked_plan);
+	jobq_job_state_forget_rescue_plan();
 }
 
 static bool
@@ -107,7 +83,8 @@ rescuer_run(int db_index)
 	Datum	   *owners;
 	bool	   *owner_nulls;
 	int			nlost = 0;
-	int			ndiscarded = 0;
+	int			ends[JOBQ_NUM_ENDS] = {0};
+	int			rescued;
 	uint64		nrunning;
 	Datum		values[2];
 	int			dims[1];
@@ -143,27 +120,20 @@ rescuer_run(int db_index)
 	values[0] = PointerGetDatum(construct_array(ids, nlost, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[1] = PointerGetDatum(construct_md_array(owners, owner_nulls, 1, dims, lbs,
 												   INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (jobq_execute_plan(rescue_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not rescue jobs of lost workers");
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-
-		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)))
-			ndiscarded++;
-	}
-	if (SPI_processed > 0)
+	jobq_jobs_rescue(values[0], values[1], ends);
+	rescued = ends[JOBQ_END_RETRYABLE] + ends[JOBQ_END_DISCARDED];
+	if (rescued > 0)
 	{
 		ereport(LOG,
 				(errmsg("jobq rescuer of database \"%s\" gave back %d jobs of lost workers (%d discarded: no attempts left)",
-						jobq_process_database(), (int) SPI_processed, ndiscarded)));
+						jobq_process_database(), rescued, ends[JOBQ_END_DISCARDED])));
 		/* the scheduler picks up the retryable ones when due */
 		jobq_at_commit_wake_leader();
-		if (ndiscarded > 0)
+		if (ends[JOBQ_END_DISCARDED] > 0)
 			jobq_at_commit_jobs_finished();
 	}
 	/* some were locked by a user session: look again soon */
-	if ((uint64) nlost > SPI_processed)
+	if (nlost > rescued)
 	{
 		bool		isnull;
 

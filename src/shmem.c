@@ -241,9 +241,11 @@ jobq_component_attach(JobqComponent *c)
 	c->state = JOBQ_STARTING;
 	c->job_id = 0;
 	c->job_owner = InvalidOid;
+	c->job_started_at = 0;
 	c->started_at = GetCurrentTimestamp();
 	c->heartbeat_at = c->started_at;
 	c->stop_requested = false;
+	c->restart_at_once = false;
 	SpinLockRelease(&c->mutex);
 }
 
@@ -265,9 +267,21 @@ jobq_component_set_state(JobqComponent *c, JobqState state)
 void
 jobq_component_set_job(JobqComponent *c, int64 job_id, Oid owner)
 {
+	TimestampTz now = job_id != 0 ? GetCurrentTimestamp() : 0;
+
 	SpinLockAcquire(&c->mutex);
 	c->job_id = job_id;
 	c->job_owner = owner;
+	c->job_started_at = now;
+	SpinLockRelease(&c->mutex);
+}
+
+/* The process is about to exit on purpose: the launcher restarts it at once. */
+void
+jobq_component_restart_at_once(JobqComponent *c)
+{
+	SpinLockAcquire(&c->mutex);
+	c->restart_at_once = true;
 	SpinLockRelease(&c->mutex);
 }
 
@@ -461,4 +475,21 @@ jobq_live_claims(int db_index, uint64 *out)
 		SpinLockRelease(&c->mutex);
 	}
 	return n;
+}
+
+/* Whether a live worker of the database holds the claim. */
+bool
+jobq_claim_is_live(int db_index, uint64 claim)
+{
+	bool		live = false;
+
+	for (int i = 0; i < max_worker_processes && !live; i++)
+	{
+		JobqComponent *c = jobq_component(db_index, JOBQ_WORKER, i);
+
+		SpinLockAcquire(&c->mutex);
+		live = c->pid != 0 && c->claim == claim;
+		SpinLockRelease(&c->mutex);
+	}
+	return live;
 }

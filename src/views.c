@@ -24,7 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#define COMPONENT_COLUMNS 14
+#define COMPONENT_COLUMNS 15
 
 static void
 add_row(Tuplestorestate *store, TupleDesc desc, Name dbname,
@@ -67,6 +67,8 @@ add_row(Tuplestorestate *store, TupleDesc desc, Name dbname,
 	nulls[11] = nulls[12] = copy.kind != JOBQ_WORKER;
 	values[13] = Int64GetDatum((int64) copy.claim);
 	nulls[13] = copy.kind != JOBQ_WORKER || copy.claim == 0;
+	values[14] = TimestampTzGetDatum(copy.job_started_at);
+	nulls[14] = copy.job_id == 0;
 	/* the 0.1.0 schema declares the columns before claim only */
 	Assert(desc->natts <= COMPONENT_COLUMNS);
 	tuplestore_putvalues(store, desc, values, nulls);

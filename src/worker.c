@@ -76,7 +76,6 @@
 #include "utils/timestamp.h"
 
 #define KIND_KEY_LEN 129		/* jobq.handlers.kind is at most 128 bytes */
-#define ERROR_FIELD_MAX 8192	/* bytes kept of each text of an error entry */
 #define WATCHDOG_START_MS 1000	/* a job's watchdog first looks after this, */
 #define WATCHDOG_TICK_MS 250	/* then this often */
 
@@ -123,7 +122,7 @@ typedef struct BatchOutcome
 	int			done;
 	int			failed;
 	int			made_available;
-	bool		made_retryable;
+	bool		made_waiting;	/* retryable or scheduled: the leader's */
 	bool		finished;
 } BatchOutcome;
 
@@ -134,6 +133,16 @@ static uint64 my_incarnation;	/* high 32 bits of our claim ids */
 static uint32 claim_count;
 static uint64 my_claim;			/* the claim held now, 0 if none */
 static bool left_behind;		/* a claimed job's outcome could not be recorded */
+
+/*
+ * The jobs of the current claim, in the order they run: the outcomes of
+ * [0, batch_committed) are committed; the handlers of [0, batch_started)
+ * have started.  What a failed transaction leaves is given back from these.
+ */
+static ClaimedJob *batch_jobs;
+static int	batch_count;
+static int	batch_committed;
+static int	batch_started;
 static MemoryContext worker_cxt;
 static MemoryContext batch_cxt;
 static MemoryContext job_cxt;
@@ -151,8 +160,6 @@ static ConstraintsSetStmt *all_constraints_immediate;
 
 static SPIPlanPtr claim_plan;
 static SPIPlanPtr queues_with_jobs_plan;
-static SPIPlanPtr complete_plan;
-static SPIPlanPtr fail_plan;
 static SPIPlanPtr lock_queue_plan;
 static SPIPlanPtr count_running_plan;
 static SPIPlanPtr load_kinds_plan;
@@ -162,28 +169,6 @@ static SPIPlanPtr load_queues_plan;
 static const char *CLAIM_SQL =
 "SELECT id, kind, args, owner, attempt, max_attempts, alone"
 "  FROM jobq._claim($1, $2, $3, $4, $5)";
-
-static const char *COMPLETE_SQL =
-"UPDATE jobq.jobs"
-"   SET state = 'completed', finalized_at = clock_timestamp(), result = $3"
-" WHERE id = $1 AND state = 'running' AND attempted_by = $2";
-
-/* one clock reading: the error's "at" is the finalized_at of a discard */
-static const char *FAIL_SQL =
-"UPDATE jobq.jobs j"
-"   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
-"                    WHEN $3 = 0 THEN 'available'"
-"                    ELSE 'retryable' END::jobq.job_state,"
-"       scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at"
-"                           ELSE failed.at + $3 * interval '1 millisecond' END,"
-"       finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN failed.at END,"
-"       errors = j.errors || jsonb_build_array(jsonb_build_object("
-"           'attempt', j.attempt, 'at', failed.at, 'message', $4::text,"
-"           'sqlstate', $5::text, 'detail', $6::text, 'hint', $7::text,"
-"           'context', $8::text))"
-"  FROM (SELECT clock_timestamp() AS at) AS failed"
-" WHERE j.id = $1 AND j.state = 'running' AND j.attempted_by = $2"
-" RETURNING j.state::text";
 
 /*
  * The queues that have available jobs, one index probe per such queue (a
@@ -225,17 +210,12 @@ static void
 prepare_plans(void)
 {
 	Oid			claim_types[5] = {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID};
-	Oid			complete_types[3] = {INT8OID, INT8OID, JSONBOID};
-	Oid			fail_types[8] = {INT8OID, INT8OID, FLOAT8OID, TEXTOID,
-	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Oid			queue_types[1] = {TEXTOID};
 
 	if (claim_plan != NULL)
 		return;
 	claim_plan = jobq_prepare(CLAIM_SQL, lengthof(claim_types), claim_types);
 	queues_with_jobs_plan = jobq_prepare(QUEUES_WITH_JOBS_SQL, 0, NULL);
-	complete_plan = jobq_prepare(COMPLETE_SQL, 3, complete_types);
-	fail_plan = jobq_prepare(FAIL_SQL, 8, fail_types);
 	lock_queue_plan = jobq_prepare(LOCK_QUEUE_SQL, 1, queue_types);
 	count_running_plan = jobq_prepare(COUNT_RUNNING_SQL, 1, queue_types);
 	load_kinds_plan = jobq_prepare(LOAD_KINDS_SQL, 0, NULL);
@@ -623,6 +603,9 @@ claim_jobs(ClaimedJob **jobs_out)
 	for (int i = 0; i < n; i++)
 		if (jobs[i].alone)
 			ordered[first++] = jobs[i];
+	batch_jobs = ordered;
+	batch_count = n;
+	batch_committed = batch_started = 0;
 	*jobs_out = ordered;
 	return n;
 }
@@ -667,75 +650,52 @@ call_handler(KindEntry *k, ClaimedJob *job, bool *result_isnull)
 }
 
 /*
- * jobq's own statements in a worker wait at most this long for a row lock:
- * only a user's jobq.cancel() in a transaction still open can hold a
- * running job's row, and the job is then left to it and the rescuer.
- */
-static int
-own_settings_begin(void)
-{
-	int			nest = NewGUCNestLevel();
-
-	(void) set_config_option("lock_timeout", CppAsString2(JOBQ_LOCK_TIMEOUT_MS),
-							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	return nest;
-}
-
-/* Text of an error entry: at most ERROR_FIELD_MAX bytes, whole characters. */
-static Datum
-error_field(const char *text)
-{
-	int			len = strlen(text);
-
-	if (len > ERROR_FIELD_MAX)
-		len = pg_mbcliplen(text, len, ERROR_FIELD_MAX);
-	return PointerGetDatum(cstring_to_text_with_len(text, len));
-}
-
-/*
- * Records a failed attempt, in a subtransaction: if even that fails (the
- * row locked past the lock timeout, a late cancel), the job stays running
- * under our claim, and the rescuer takes it once we withdraw the claim.
+ * Records how an attempt ended that did not complete: what the handler
+ * asked for (jobq.give_up, jobq.snooze, jobq.cancel of itself) or its
+ * error.  In a subtransaction: if even that fails (the row locked past the
+ * lock timeout), the job stays running under our claim, and the rescuer
+ * takes it once we withdraw the claim.  Cancels are absorbed meanwhile
+ * (process.c), so none can hit this.
  */
 static void
-record_failure(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *outcome)
+record_outcome(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *outcome)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	Datum		values[8];
-	char		nulls[8];
-	int64		delay_ms = jobq_retry_backoff_ms(job->attempt, k ? k->backoff_max_ms : -1);
-	const char *texts[5];
-	char	   *state = NULL;
-
-	texts[0] = edata->message;
-	texts[1] = unpack_sql_state(edata->sqlerrcode);
-	texts[2] = edata->detail;
-	texts[3] = edata->hint;
-	texts[4] = edata->context;
-
-	values[0] = Int64GetDatum(job->id);
-	values[1] = Int64GetDatum((int64) my_claim);
-	values[2] = Float8GetDatum((double) delay_ms);
-	nulls[0] = nulls[1] = nulls[2] = ' ';
-	for (int i = 0; i < 5; i++)
-	{
-		nulls[3 + i] = texts[i] ? ' ' : 'n';
-		values[3 + i] = texts[i] ? error_field(texts[i]) : (Datum) 0;
-	}
+	volatile JobqRequestKind request = jobq_request.kind;
+	volatile JobqEnd end = JOBQ_END_GONE;
+	volatile bool cancelled = false;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		int			nest = own_settings_begin();
-
-		if (jobq_execute_plan(fail_plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not record the failure of job " INT64_FORMAT, job->id);
-		if (SPI_processed > 0)
-			state = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0],
-														  SPI_tuptable->tupdesc, 1));
-		AtEOXact_GUC(true, nest);
+		switch (request)
+		{
+			case JOBQ_REQUEST_GIVE_UP:
+				if (jobq_job_give_up(job->id, my_claim, jobq_request.reason))
+					end = JOBQ_END_DISCARDED;
+				break;
+			case JOBQ_REQUEST_CANCEL:
+				cancelled = jobq_job_cancelled_by_handler(job->id, my_claim);
+				break;
+			case JOBQ_REQUEST_SNOOZE:
+				end = jobq_job_snooze(job->id, my_claim, jobq_request.run_at);
+				if (end != JOBQ_END_GONE)
+					break;
+				/* moved on, or snoozed too often: then it is a failure */
+				edata->sqlerrcode = ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+				edata->message = psprintf("job snoozed more than jobq.max_snoozes (%d) times",
+										  jobq_max_snoozes);
+				edata->detail = edata->hint = edata->context = NULL;
+				request = JOBQ_REQUEST_NONE;
+				/* FALLTHROUGH */
+			case JOBQ_REQUEST_NONE:
+				end = jobq_job_fail(job->id, my_claim,
+									jobq_retry_backoff_ms(job->attempt, k ? k->backoff_max_ms : -1),
+									edata);
+				break;
+		}
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
@@ -749,37 +709,59 @@ record_failure(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *ou
 		RollbackAndReleaseCurrentSubTransaction();
 		RESUME_INTERRUPTS();
 		left_behind = true;
+		end = JOBQ_END_GONE;
+		cancelled = false;
 		ereport(WARNING,
 				(errcode(failed->sqlerrcode),
-				 errmsg("jobq could not record the failure of job " INT64_FORMAT " of kind \"%s\": %s",
-						job->id, job->kind, failed->message),
+				 errmsg("jobq could not record the end of attempt %d of job " INT64_FORMAT " of kind \"%s\": %s",
+						job->attempt, job->id, job->kind, failed->message),
 				 errdetail("The rescuer gives the job back once this worker's batch ends.")));
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
 	CurrentResourceOwner = owner;
 
-	if (state == NULL)
-		return;					/* cancelled meanwhile, or left behind */
-
-	outcome->failed++;
-	if (strcmp(state, "discarded") == 0)
+	if (cancelled)
 	{
 		outcome->finished = true;
 		ereport(LOG,
-				(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" discarded after %d attempts: %s",
-						job->id, job->kind, job->attempt, TextDatumGetCString(values[3]))));
+				(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" was cancelled by its handler; its effects were rolled back",
+						job->id, job->kind)));
+		return;
 	}
-	else if (strcmp(state, "available") == 0)
-		outcome->made_available++;
-	else
-		outcome->made_retryable = true;
+	if (end == JOBQ_END_GONE)
+		return;					/* cancelled meanwhile, or left behind */
 
-	if (jobq_log_jobs)
+	if (end == JOBQ_END_AVAILABLE)
+		outcome->made_available++;
+	else if (end == JOBQ_END_RETRYABLE || end == JOBQ_END_SCHEDULED)
+		outcome->made_waiting = true;
+	if (request == JOBQ_REQUEST_SNOOZE)
+	{
+		if (jobq_log_jobs)
+			ereport(LOG,
+					(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" snoozed by its handler until %s",
+							job->id, job->kind, timestamptz_to_str(jobq_request.run_at))));
+		return;
+	}
+
+	outcome->failed++;
+	if (end == JOBQ_END_DISCARDED)
+	{
+		outcome->finished = true;
+		if (request == JOBQ_REQUEST_GIVE_UP)
+			ereport(LOG,
+					(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" given up by its handler: %s",
+							job->id, job->kind, jobq_request.reason)));
+		else
+			ereport(LOG,
+					(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" discarded after %d attempts: %s",
+							job->id, job->kind, job->attempt, edata->message)));
+	}
+	else if (jobq_log_jobs)
 		ereport(LOG,
 				(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" failed (attempt %d of %d): %s",
-						job->id, job->kind, job->attempt, job->max_attempts,
-						TextDatumGetCString(values[3]))));
+						job->id, job->kind, job->attempt, job->max_attempts, edata->message)));
 }
 
 /*
@@ -858,9 +840,19 @@ watchdog_exit(int code, Datum arg)
 					me->number, jobq_process_database(), jobq_timeout_grace_ms,
 					watch_saw_cancel ? "being cancelled" : "its timeout"),
 			 errdetail("The rescuer gives the job back (unless it was cancelled); the worker restarts.")));
+	jobq_component_restart_at_once(me);
 	jobq_component_error(me, watch_saw_cancel ?
 						 "terminated: a cancelled job did not stop within jobq.timeout_grace" :
 						 "terminated: a job did not stop within jobq.timeout_grace after its timeout");
+}
+
+/* Ends what watches a handler: timeouts, the watchdog, cancels. */
+static void
+stop_watching(void)
+{
+	disable_timeout(STATEMENT_TIMEOUT, true);	/* keep: it names the error */
+	watchdog_stop();
+	jobq_process_allow_cancel(false);
 }
 
 /*
@@ -875,7 +867,7 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 	Oid			save_userid;
 	int			save_sec_context;
 	TimestampTz started = GetCurrentTimestamp();
-	bool		timeout_armed = false;
+	volatile bool watching = false;
 	static char activity[128 + KIND_KEY_LEN];
 
 	MemoryContextSwitchTo(job_cxt);
@@ -883,6 +875,7 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 	pgstat_report_activity(STATE_RUNNING, activity);
 	jobq_component_set_job(me, job->id, job->owner);
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	jobq_request.kind = JOBQ_REQUEST_NONE;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(job_cxt);
@@ -891,9 +884,8 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 	{
 		Datum		result;
 		bool		result_isnull;
-		Datum		values[3];
-		char		nulls[3] = {' ', ' ', ' '};
 		int			gucs;
+		bool		read_only;
 
 		if (k == NULL)
 			ereport(ERROR,
@@ -911,34 +903,35 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 		 */
 		AfterTriggerSetState(all_constraints_immediate);
 		gucs = NewGUCNestLevel();
+		read_only = jobq_settings_apply_owner(job->owner);
 		SetUserIdAndSecContext(job->owner, save_sec_context |
 							   SECURITY_LOCAL_USERID_CHANGE |
 							   SECURITY_RESTRICTED_OPERATION);
 		jobq_current_job_id = job->id;
+		XactReadOnly = read_only;	/* restored when the subtransaction ends */
 		enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(k->timeout_ms, INT_MAX));
 		watchdog_start(job, k, started);
-		timeout_armed = true;
+		jobq_process_allow_cancel(true);
+		watching = true;
 
 		result = call_handler(k, job, &result_isnull);
 
-		disable_timeout(STATEMENT_TIMEOUT, false);
-		watchdog_stop();
-		timeout_armed = false;
+		stop_watching();
+		watching = false;
+		/* a cancel or timeout the handler did not notice hit it all the same */
+		CHECK_FOR_INTERRUPTS();
+		(void) get_timeout_indicator(STATEMENT_TIMEOUT, true);
+		if (jobq_request.kind != JOBQ_REQUEST_NONE)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("job " INT64_FORMAT " asked to stop, and its handler returned", job->id)));
+		XactReadOnly = false;
 		jobq_current_job_id = 0;
 		/* leave the session as the job found it, whatever it SET */
 		AtEOXact_GUC(false, gucs);
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 
-		values[0] = Int64GetDatum(job->id);
-		values[1] = Int64GetDatum((int64) my_claim);
-		values[2] = result;
-		nulls[2] = result_isnull ? 'n' : ' ';
-		gucs = own_settings_begin();
-		if (jobq_execute_plan(complete_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not complete job " INT64_FORMAT, job->id);
-		AtEOXact_GUC(true, gucs);
-
-		if (SPI_processed == 1)
+		if (jobq_job_complete(job->id, my_claim, result, result_isnull))
 		{
 			ReleaseCurrentSubTransaction();
 			outcome->done++;
@@ -962,11 +955,8 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 	{
 		ErrorData  *edata;
 
-		if (timeout_armed)
-		{
-			disable_timeout(STATEMENT_TIMEOUT, false);
-			watchdog_stop();
-		}
+		if (watching)
+			stop_watching();
 		jobq_current_job_id = 0;
 		MemoryContextSwitchTo(job_cxt);
 		edata = CopyErrorData();
@@ -975,14 +965,16 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 		MemoryContextSwitchTo(job_cxt);
 		CurrentResourceOwner = oldowner;
 		SetUserIdAndSecContext(save_userid, save_sec_context);
-		/* a cancel that arrived after the handler returned hit nobody */
+		/* what came after the handler returned hit nobody */
 		QueryCancelPending = false;
+		(void) get_timeout_indicator(STATEMENT_TIMEOUT, true);
 
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && k != NULL &&
+			jobq_request.kind == JOBQ_REQUEST_NONE &&
 			TimestampDifferenceExceeds(started, GetCurrentTimestamp(), (int) Min(k->timeout_ms, INT_MAX)))
 			edata->message = psprintf("job exceeded its timeout of " INT64_FORMAT " ms (%s)",
 									  k->timeout_ms, edata->message);
-		record_failure(job, k, edata, outcome);
+		record_outcome(job, k, edata, outcome);
 	}
 	PG_END_TRY();
 
@@ -1006,13 +998,16 @@ apply_outcome(BatchOutcome *outcome)
 {
 	if (outcome->made_available > 0)
 		jobq_at_commit_wake_workers(outcome->made_available);
-	if (outcome->made_retryable)
+	if (outcome->made_waiting)
 		jobq_at_commit_wake_leader();
 	if (outcome->finished)
 		jobq_at_commit_jobs_finished();
 }
 
-/* Runs the claimed jobs, committing per batch_size/batch_time or alone job. */
+/*
+ * Runs the claimed jobs (batch_jobs), committing per batch_size/batch_time
+ * or alone job.
+ */
 static void
 run_jobs(ClaimedJob *jobs, int n)
 {
@@ -1026,12 +1021,15 @@ run_jobs(ClaimedJob *jobs, int n)
 
 		memset(&outcome, 0, sizeof(outcome));
 		jobq_xact_begin("jobq worker: running jobs");
+		/* what the owners' sessions would get, as of now: see settings.c */
+		jobq_settings_load();
 		while (i < n)
 		{
 			ClaimedJob *job = &jobs[i];
 
 			if (job->alone && count > 0)
 				break;			/* commit the others before it runs */
+			batch_started = i + 1;
 			run_job(job, &outcome);
 			i++;
 			count++;
@@ -1040,10 +1038,69 @@ run_jobs(ClaimedJob *jobs, int n)
 				break;
 			CommandCounterIncrement();	/* the next job sees this one's effects */
 		}
+		if (jobq_debug_fail_batch)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("batch transaction failed on purpose (jobq.debug_fail_batch is on)")));
 		apply_outcome(&outcome);
 		jobq_xact_end();
+		batch_committed = i;
 		jobq_component_count(me, outcome.done, outcome.failed);
 	}
+}
+
+/*
+ * After a transaction of the claim failed: gives back, in a fresh
+ * transaction, its jobs whose outcomes were not committed: those whose
+ * handler started lose the attempt (an error entry says why), the others
+ * are available again as if never claimed.  Jobs it cannot give back
+ * (locked by a user session, or this fails too) are the rescuer's.
+ */
+static void
+release_batch(ErrorData *edata)
+{
+	int			n = batch_count - batch_committed;
+	int64	   *ids;
+	bool	   *started;
+	int			ends[JOBQ_NUM_ENDS] = {0};
+	int			released = 0;
+
+	if (batch_jobs == NULL || n <= 0)
+		return;
+	ids = MemoryContextAlloc(batch_cxt, sizeof(int64) * n);
+	started = MemoryContextAlloc(batch_cxt, sizeof(bool) * n);
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = batch_jobs[batch_committed + i].id;
+		started[i] = batch_committed + i < batch_started;
+	}
+
+	PG_TRY();
+	{
+		jobq_xact_begin("jobq worker: giving back the jobs of a failed batch");
+		jobq_jobs_release(ids, started, n, my_claim, edata, ends);
+		if (ends[JOBQ_END_AVAILABLE] > 0)
+			jobq_at_commit_wake_workers(ends[JOBQ_END_AVAILABLE]);
+		if (ends[JOBQ_END_RETRYABLE] > 0)
+			jobq_at_commit_wake_leader();
+		if (ends[JOBQ_END_DISCARDED] > 0)
+			jobq_at_commit_jobs_finished();
+		jobq_xact_end();
+		for (int e = 0; e < JOBQ_NUM_ENDS; e++)
+			released += ends[e];
+		jobq_component_count(me, 0, ends[JOBQ_END_RETRYABLE] + ends[JOBQ_END_DISCARDED]);
+		ereport(LOG,
+				(errmsg("jobq worker %d gave back %d jobs of a batch whose transaction failed: %d to retry, %d discarded, %d not started",
+						me->number, released, ends[JOBQ_END_RETRYABLE],
+						ends[JOBQ_END_DISCARDED], ends[JOBQ_END_AVAILABLE])));
+	}
+	PG_CATCH();
+	{
+		FreeErrorData(jobq_process_recover(me, worker_cxt));
+	}
+	PG_END_TRY();
+	if (released < n)
+		left_behind = true;
 }
 
 static void
@@ -1121,13 +1178,16 @@ jobq_worker_main(Datum main_arg)
 		}
 		PG_CATCH();
 		{
+			ErrorData  *edata;
+
 			watchdog_stop();
-			jobq_process_recover(me, worker_cxt);
-			/* an aborted batch leaves its jobs running: rescue them */
-			left_behind = true;
+			edata = jobq_process_recover(me, worker_cxt);
+			release_batch(edata);
+			FreeErrorData(edata);
 			failures++;
 		}
 		PG_END_TRY();
+		batch_jobs = NULL;
 		MemoryContextReset(batch_cxt);
 
 		/* every outcome of the claim is committed or given up: withdraw it */

@@ -1,0 +1,345 @@
+/*-------------------------------------------------------------------------
+ *
+ * job_state.c
+ *	  Every way a running job ends an attempt: the one home of the
+ *	  transitions out of 'running'.
+ *
+ * The states and where each transition lives:
+ *
+ *	(enqueue)		-> scheduled | available		jobq._new_job (SQL)
+ *	scheduled, retryable -> available			scheduler.c (when due)
+ *	available		-> running					jobq._claim (SQL), attempt + 1
+ *	running			-> completed				jobq_job_complete
+ *	running			-> retryable | available | discarded
+ *												jobq_job_fail (an error)
+ *	running			-> discarded				jobq_job_give_up (jobq.give_up)
+ *	running			-> cancelled				jobq_job_cancelled_by_handler,
+ *												jobq._cancel (SQL, any session)
+ *	running			-> scheduled | available	jobq_job_snooze, attempt - 1
+ *	running			-> retryable | discarded | available
+ *												jobq_jobs_release (a batch's
+ *												transaction failed)
+ *	running			-> retryable | discarded	jobq_jobs_rescue (no live claim)
+ *	any but available, running -> available		jobq._retry (SQL); also a
+ *												running job with no live claim
+ *	scheduled, available, retryable -> cancelled	jobq._cancel (SQL)
+ *
+ * Every statement here changes a job only if it is still 'running' under
+ * the claim that took it (attempted_by): a job cancelled meanwhile, or
+ * already given back, is left as it is, and the caller learns so from the
+ * row count.  Plans are prepared on first use in the process that uses
+ * them and kept for its life.
+ *
+ * Error entries appended to jobs.errors keep at most ERROR_FIELD_MAX bytes
+ * of each text (whole characters), so that no error, however large, makes
+ * its own recording fail.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "jobq.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#define ERROR_FIELD_MAX 8192	/* bytes kept of each text of an error entry */
+
+/* The retry delay of a failed attempt: backoff, capped by the kind's. */
+#define RETRY_AT \
+"       scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at" \
+"                           ELSE now_.at + jobq._backoff(j.attempt," \
+"                                (SELECT h.backoff_max FROM jobq.handlers h" \
+"                                  WHERE h.kind = j.kind)) END,"
+
+static const char *COMPLETE_SQL =
+"UPDATE jobq.jobs"
+"   SET state = 'completed', finalized_at = clock_timestamp(), result = $3"
+" WHERE id = $1 AND state = 'running' AND attempted_by = $2";
+
+/*
+ * $3: the retry delay in ms, computed by the worker (it knows the kind's
+ * cap without a look-up); 0 makes the job available at once.  One clock
+ * reading: the error's "at" is the finalized_at of a discard.
+ */
+static const char *FAIL_SQL =
+"UPDATE jobq.jobs j"
+"   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
+"                    WHEN $3 = 0 THEN 'available'"
+"                    ELSE 'retryable' END::jobq.job_state,"
+"       scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at"
+"                           ELSE now_.at + $3 * interval '1 millisecond' END,"
+"       finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now_.at END,"
+"       errors = j.errors || jsonb_build_array(jsonb_build_object("
+"           'attempt', j.attempt, 'at', now_.at, 'message', $4::text,"
+"           'sqlstate', $5::text, 'detail', $6::text, 'hint', $7::text,"
+"           'context', $8::text))"
+"  FROM (SELECT clock_timestamp() AS at) AS now_"
+" WHERE j.id = $1 AND j.state = 'running' AND j.attempted_by = $2"
+" RETURNING j.state::text";
+
+static const char *GIVE_UP_SQL =
+"UPDATE jobq.jobs j"
+"   SET state = 'discarded', finalized_at = now_.at,"
+"       errors = j.errors || jsonb_build_array(jsonb_build_object("
+"           'attempt', j.attempt, 'at', now_.at, 'message', $3::text,"
+"           'given_up', true))"
+"  FROM (SELECT clock_timestamp() AS at) AS now_"
+" WHERE j.id = $1 AND j.state = 'running' AND j.attempted_by = $2";
+
+static const char *CANCELLED_SQL =
+"UPDATE jobq.jobs"
+"   SET state = 'cancelled', finalized_at = clock_timestamp()"
+" WHERE id = $1 AND state = 'running' AND attempted_by = $2";
+
+/* $4: jobq.max_snoozes; no row when it is reached (or the job moved on) */
+static const char *SNOOZE_SQL =
+"UPDATE jobq.jobs j"
+"   SET state = CASE WHEN $3 <= clock_timestamp() THEN 'available'"
+"                    ELSE 'scheduled' END::jobq.job_state,"
+"       scheduled_at = $3, attempt = j.attempt - 1, snoozes = j.snoozes + 1"
+" WHERE j.id = $1 AND j.state = 'running' AND j.attempted_by = $2"
+"   AND j.snoozes < $4"
+" RETURNING j.state::text";
+
+/*
+ * A failed batch: $2 says whether each job's handler had started.  Rows a
+ * user session holds locked are skipped (no wait): they stay running under
+ * the withdrawn claim, and the rescuer takes them.
+ */
+static const char *RELEASE_SQL =
+"UPDATE jobq.jobs j"
+"   SET state = CASE WHEN NOT r.started THEN 'available'"
+"                    WHEN j.attempt >= j.max_attempts THEN 'discarded'"
+"                    ELSE 'retryable' END::jobq.job_state,"
+"       attempt = CASE WHEN r.started THEN j.attempt ELSE j.attempt - 1 END,"
+"       scheduled_at = CASE WHEN NOT r.started OR j.attempt >= j.max_attempts"
+"                           THEN j.scheduled_at"
+"                           ELSE now_.at + jobq._backoff(j.attempt,"
+"                                (SELECT h.backoff_max FROM jobq.handlers h"
+"                                  WHERE h.kind = j.kind)) END,"
+"       finalized_at = CASE WHEN r.started AND j.attempt >= j.max_attempts"
+"                           THEN now_.at END,"
+"       errors = CASE WHEN NOT r.started THEN j.errors"
+"                     ELSE j.errors || jsonb_build_array(jsonb_build_object("
+"                         'attempt', j.attempt, 'at', now_.at,"
+"                         'message', $4::text, 'sqlstate', $5::text,"
+"                         'batch', true)) END"
+"  FROM (SELECT l.id, b.started FROM jobq.jobs l"
+"          JOIN unnest($1::int8[], $2::bool[]) AS b(id, started) ON l.id = b.id"
+"         WHERE l.state = 'running' AND l.attempted_by = $3"
+"           FOR UPDATE OF l SKIP LOCKED) AS r,"
+"       (SELECT clock_timestamp() AS at) AS now_"
+" WHERE j.id = r.id"
+" RETURNING j.state::text";
+
+/* see rescuer.c: $2 holds the claim each job was seen running under */
+static const char *RESCUE_SQL =
+"UPDATE jobq.jobs j"
+"   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
+"                    ELSE 'retryable' END::jobq.job_state,"
+"       scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at"
+"                           ELSE now_.at + jobq._backoff(j.attempt,"
+"                                (SELECT h.backoff_max FROM jobq.handlers h"
+"                                  WHERE h.kind = j.kind)) END,"
+"       finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now_.at END,"
+"       errors = j.errors || jsonb_build_array(jsonb_build_object("
+"           'attempt', j.attempt, 'at', now_.at,"
+"           'message', 'worker lost: the worker running this job exited or gave it up before the job ended',"
+"           'lost', true))"
+"  FROM (SELECT l.id FROM jobq.jobs l"
+"          JOIN unnest($1::int8[], $2::int8[]) AS lost(id, attempted_by)"
+"            ON l.id = lost.id"
+"         WHERE l.state = 'running'"
+"           AND l.attempted_by IS NOT DISTINCT FROM lost.attempted_by"
+"           FOR UPDATE OF l SKIP LOCKED) AS taken,"
+"       (SELECT now() AS at) AS now_"
+" WHERE j.id = taken.id"
+" RETURNING j.state::text";
+
+static SPIPlanPtr complete_plan;
+static SPIPlanPtr fail_plan;
+static SPIPlanPtr give_up_plan;
+static SPIPlanPtr cancelled_plan;
+static SPIPlanPtr snooze_plan;
+static SPIPlanPtr release_plan;
+static SPIPlanPtr rescue_plan;
+
+static SPIPlanPtr
+plan(SPIPlanPtr *cached, const char *sql, int nargs, Oid *types)
+{
+	if (*cached == NULL)
+		*cached = jobq_prepare(sql, nargs, types);
+	return *cached;
+}
+
+/* Text of an error entry: at most ERROR_FIELD_MAX bytes, whole characters. */
+static Datum
+error_field(const char *text)
+{
+	int			len = strlen(text);
+
+	if (len > ERROR_FIELD_MAX)
+		len = pg_mbcliplen(text, len, ERROR_FIELD_MAX);
+	return PointerGetDatum(cstring_to_text_with_len(text, len));
+}
+
+/* Executes a transition; returns the rows it changed. */
+static uint64
+transition(SPIPlanPtr p, Datum *values, const char *nulls, int expected, const char *what)
+{
+	if (jobq_execute_plan(p, values, nulls, false, 0) != expected)
+		elog(ERROR, "could not %s", what);
+	return SPI_processed;
+}
+
+/* The state of the n-th row a RETURNING transition changed. */
+static JobqEnd
+returned_end(uint64 n)
+{
+	char	   *state = SPI_getvalue(SPI_tuptable->vals[n], SPI_tuptable->tupdesc, 1);
+
+	if (strcmp(state, "discarded") == 0)
+		return JOBQ_END_DISCARDED;
+	if (strcmp(state, "available") == 0)
+		return JOBQ_END_AVAILABLE;
+	if (strcmp(state, "scheduled") == 0)
+		return JOBQ_END_SCHEDULED;
+	return JOBQ_END_RETRYABLE;
+}
+
+bool
+jobq_job_complete(int64 id, uint64 claim, Datum result, bool result_isnull)
+{
+	Oid			types[3] = {INT8OID, INT8OID, JSONBOID};
+	Datum		values[3] = {Int64GetDatum(id), Int64GetDatum((int64) claim), result};
+	char		nulls[3] = {' ', ' ', result_isnull ? 'n' : ' '};
+
+	return transition(plan(&complete_plan, COMPLETE_SQL, 3, types),
+					  values, nulls, SPI_OK_UPDATE, "complete a job") == 1;
+}
+
+JobqEnd
+jobq_job_fail(int64 id, uint64 claim, int64 delay_ms, ErrorData *edata)
+{
+	Oid			types[8] = {INT8OID, INT8OID, FLOAT8OID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' '};
+	const char *texts[5];
+
+	texts[0] = edata->message ? edata->message : "";
+	texts[1] = unpack_sql_state(edata->sqlerrcode);
+	texts[2] = edata->detail;
+	texts[3] = edata->hint;
+	texts[4] = edata->context;
+	values[0] = Int64GetDatum(id);
+	values[1] = Int64GetDatum((int64) claim);
+	values[2] = Float8GetDatum((double) delay_ms);
+	for (int i = 0; i < 5; i++)
+	{
+		nulls[3 + i] = texts[i] ? ' ' : 'n';
+		values[3 + i] = texts[i] ? error_field(texts[i]) : (Datum) 0;
+	}
+	if (transition(plan(&fail_plan, FAIL_SQL, 8, types), values, nulls,
+				   SPI_OK_UPDATE_RETURNING, "record a failed attempt") == 0)
+		return JOBQ_END_GONE;
+	return returned_end(0);
+}
+
+bool
+jobq_job_give_up(int64 id, uint64 claim, const char *reason)
+{
+	Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
+	Datum		values[3] = {Int64GetDatum(id), Int64GetDatum((int64) claim),
+	error_field(reason)};
+
+	return transition(plan(&give_up_plan, GIVE_UP_SQL, 3, types), values, NULL,
+					  SPI_OK_UPDATE, "give a job up") == 1;
+}
+
+bool
+jobq_job_cancelled_by_handler(int64 id, uint64 claim)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2] = {Int64GetDatum(id), Int64GetDatum((int64) claim)};
+
+	return transition(plan(&cancelled_plan, CANCELLED_SQL, 2, types), values, NULL,
+					  SPI_OK_UPDATE, "cancel a job") == 1;
+}
+
+/* JOBQ_END_GONE: moved on, or snoozed jobq.max_snoozes times already. */
+JobqEnd
+jobq_job_snooze(int64 id, uint64 claim, TimestampTz run_at)
+{
+	Oid			types[4] = {INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID};
+	Datum		values[4] = {Int64GetDatum(id), Int64GetDatum((int64) claim),
+		TimestampTzGetDatum(run_at), Int32GetDatum(jobq_max_snoozes)};
+
+	if (transition(plan(&snooze_plan, SNOOZE_SQL, 4, types), values, NULL,
+				   SPI_OK_UPDATE_RETURNING, "snooze a job") == 0)
+		return JOBQ_END_GONE;
+	return returned_end(0);
+}
+
+/*
+ * Gives back the jobs of a batch whose transaction failed; counts what
+ * they became into ends[] (indexed by JobqEnd).  A job not given back is
+ * locked by a user session or has moved on.
+ */
+void
+jobq_jobs_release(int64 *ids, bool *started, int n, uint64 claim,
+				  ErrorData *edata, int *ends)
+{
+	Oid			types[5] = {INT8ARRAYOID, BOOLARRAYOID, INT8OID, TEXTOID, TEXTOID};
+	Datum	   *id_datums = palloc(sizeof(Datum) * n);
+	Datum	   *started_datums = palloc(sizeof(Datum) * n);
+	Datum		values[5];
+	char	   *message;
+	uint64		changed;
+
+	for (int i = 0; i < n; i++)
+	{
+		id_datums[i] = Int64GetDatum(ids[i]);
+		started_datums[i] = BoolGetDatum(started[i]);
+	}
+	message = psprintf("the transaction of its batch failed: %s",
+					   edata->message ? edata->message : "");
+	values[0] = PointerGetDatum(construct_array(id_datums, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_array(started_datums, n, BOOLOID, 1,
+												true, TYPALIGN_CHAR));
+	values[2] = Int64GetDatum((int64) claim);
+	values[3] = error_field(message);
+	values[4] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
+	changed = transition(plan(&release_plan, RELEASE_SQL, 5, types), values, NULL,
+						 SPI_OK_UPDATE_RETURNING, "give back the jobs of a failed batch");
+	for (uint64 i = 0; i < changed; i++)
+		ends[returned_end(i)]++;
+}
+
+/*
+ * Gives back lost jobs (ids[], each with the claim it was seen running
+ * under, NULL allowed); counts what they became into ends[].
+ */
+void
+jobq_jobs_rescue(Datum ids, Datum claims, int *ends)
+{
+	Oid			types[2] = {INT8ARRAYOID, INT8ARRAYOID};
+	Datum		values[2] = {ids, claims};
+	uint64		changed;
+
+	changed = transition(plan(&rescue_plan, RESCUE_SQL, 2, types), values, NULL,
+						 SPI_OK_UPDATE_RETURNING, "rescue jobs of lost workers");
+	for (uint64 i = 0; i < changed; i++)
+		ends[returned_end(i)]++;
+}
+
+/* The leader drops its plans when it resigns (see rescuer_stop). */
+void
+jobq_job_state_forget_rescue_plan(void)
+{
+	jobq_free_plan(&rescue_plan);
+}
