@@ -39,9 +39,10 @@
  *	  slots are in use; the launcher takes it exclusively to change them,
  *	  readers take it shared.
  *	- Each JobqComponent has a spinlock guarding its volatile fields (pid,
- *	  state, job, counters, last error).  Only the owning process writes
- *	  them, except the launcher, which writes restarts/stop_requested and
- *	  clears the slot of a process that is gone.  Copy out under the
+ *	  state, claim, job, job_owner, job_started_at, counters, last error,
+ *	  restart_at_once).  Only the owning process writes them, except the
+ *	  launcher, which writes restarts/stop_requested and clears the slot of
+ *	  a process that is gone.  Copy out under the
  *	  spinlock, then do any slow work.
  *	- JobqComponent.cancel_job is an atomic, not under the spinlock: any
  *	  backend that commits jobq.cancel() of the job the worker runs writes

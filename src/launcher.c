@@ -15,7 +15,9 @@
  * Every process it starts has bgw_notify_pid set to the launcher, so the
  * postmaster wakes it at each start and exit.  An exit the launcher did
  * not ask for is answered with a restart after 1 s, 2 s, 4 s, ... (capped);
- * a process that lived longer than the cap starts the series again.  When
+ * a process that lived longer than the cap starts the series again.  A
+ * worker that exits on purpose (its job watchdog terminated it) says so
+ * (restart_at_once) and is restarted at once.  When
  * the postmaster has no free background worker slot, the launcher says so
  * in the log, naming max_worker_processes, and retries on the same backoff.
  *
