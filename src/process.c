@@ -6,10 +6,12 @@
  *	  there, react to signals, and open and close transactions.
  *
  * The launcher passes the slot number as bgw_main_arg and the database OID
- * in bgw_extra.  A query cancel (pg_cancel_backend, SIGINT) is for a job's
- * handler: anywhere else it is absorbed, so that it can neither kill the
- * process nor hit jobq's own bookkeeping.  A process finding the extension absent marks its database
+ * in bgw_extra.  A process finding the extension absent marks its database
  * so, and leaves with exit code 0; the launcher then stops the rest.
+ *
+ * A query cancel (pg_cancel_backend, SIGINT) is for a job's handler:
+ * anywhere else it is absorbed and logged, so that it can neither end the
+ * process nor hit jobq's own bookkeeping.
  *
  *-------------------------------------------------------------------------
  */
@@ -37,16 +39,14 @@ static volatile sig_atomic_t cancels_absorbed = 0;
 static int	cancels_reported = 0;
 
 /*
- * SIGINT: a cancel, unless it is one of our own timeouts firing (statement
- * and lock timeouts raise their error through SIGINT), reaches the process
- * only while a handler runs.
+ * SIGINT: a cancel reaches the process only while a handler runs (the
+ * kind's timeout, armed only then, raises its error through SIGINT too),
+ * or when it is jobq's own lock_timeout firing, which also comes as one.
  */
 static void
 cancel_handler(SIGNAL_ARGS)
 {
-	if (cancel_allowed ||
-		get_timeout_indicator(LOCK_TIMEOUT, false) ||
-		get_timeout_indicator(STATEMENT_TIMEOUT, false))
+	if (cancel_allowed || get_timeout_indicator(LOCK_TIMEOUT, false))
 		StatementCancelHandler(postgres_signal_arg);
 	else
 		cancels_absorbed++;
