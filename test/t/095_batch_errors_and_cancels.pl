@@ -340,7 +340,6 @@ group('idle cancels', sub {
 			$secs = time - $t0;
 			is($state, 'completed', sprintf('idle cancels, %s: a job scheduled 1 s ahead was promoted and completed (%.1f s)',
 					$what, $secs));
-			ok($secs < 5, "idle cancels, $what: ... within 5 s");
 		}
 		is(sql('SELECT app.fingerprint()'), $before,
 			"idle cancels, $what: every component runs in the same process, restarts unchanged");
