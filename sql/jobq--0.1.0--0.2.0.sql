@@ -537,23 +537,35 @@ BEGIN
 	RETURN true;
 END $$;
 
+/*
+ * retry takes a running job no live worker holds (a stuck job), as the
+ * rescuer would; a job a live worker runs is left to it.
+ */
+CREATE FUNCTION jobq._claim_is_live(claim bigint) RETURNS boolean
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'jobq_claim_is_live_sql';
+REVOKE ALL ON FUNCTION jobq._claim_is_live(bigint) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION jobq._retry(caller regrole, id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	j jobq.jobs;
 BEGIN
 	j := jobq._job_for_change(caller, id, false);
-	/* the state test comes before the row lock: running rows are not locked */
+	/* the state test comes before the row lock: held jobs are not locked */
 	UPDATE jobq.jobs
 	   SET state = 'available', scheduled_at = now(), finalized_at = NULL,
 		   max_attempts = greatest(max_attempts, attempt + 1)
-	 WHERE jobs.id = j.id AND state NOT IN ('available', 'running');
+	 WHERE jobs.id = j.id
+	   AND (state NOT IN ('available', 'running')
+			OR (state = 'running' AND NOT jobq._claim_is_live(attempted_by)));
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
 	PERFORM jobq._wake_workers_at_commit(1);
 	RETURN true;
 END $$;
+COMMENT ON FUNCTION jobq.retry(bigint) IS
+	'Makes a waiting, final or stuck (running with no live worker) job available now, granting one more attempt if it had none left; false if it is available or a worker runs it';
 
 /* ---------------------------------------------------------------------
  * Functions any role may call resolve names as jobq chose, not through
@@ -705,34 +717,3 @@ CREATE FUNCTION jobq.snooze(run_at timestamptz) RETURNS void
 	LANGUAGE C CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'jobq_snooze_until';
 COMMENT ON FUNCTION jobq.snooze(timestamptz) IS
 	'In a handler: ends it, effects rolled back; its job runs again at run_at, the attempt not counted';
-
-/* ---------------------------------------------------------------------
- * jobq.retry takes a running job no live worker holds (a stuck job), as
- * the rescuer would; a job a live worker runs is left to it.
- * --------------------------------------------------------------------- */
-
-CREATE FUNCTION jobq._claim_is_live(claim bigint) RETURNS boolean
-	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'jobq_claim_is_live_sql';
-REVOKE ALL ON FUNCTION jobq._claim_is_live(bigint) FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION jobq._retry(caller regrole, id bigint) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-	j jobq.jobs;
-BEGIN
-	j := jobq._job_for_change(caller, id, false);
-	/* the state test comes before the row lock: held jobs are not locked */
-	UPDATE jobq.jobs
-	   SET state = 'available', scheduled_at = now(), finalized_at = NULL,
-		   max_attempts = greatest(max_attempts, attempt + 1)
-	 WHERE jobs.id = j.id
-	   AND (state NOT IN ('available', 'running')
-			OR (state = 'running' AND NOT jobq._claim_is_live(attempted_by)));
-	IF NOT FOUND THEN
-		RETURN false;
-	END IF;
-	PERFORM jobq._wake_workers_at_commit(1);
-	RETURN true;
-END $$;
-COMMENT ON FUNCTION jobq.retry(bigint) IS
-	'Makes a waiting, final or stuck (running with no live worker) job available now, granting one more attempt if it had none left; false if it is available or a worker runs it';
