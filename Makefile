@@ -22,6 +22,7 @@ OBJS = \
 	src/launcher.o \
 	src/leader.o \
 	src/periodic.o \
+	src/plans.o \
 	src/process.o \
 	src/rescuer.o \
 	src/roles.o \
@@ -32,7 +33,7 @@ OBJS = \
 	src/worker.o
 DATA = $(wildcard sql/jobq--*.sql)
 
-REGRESS = api errors security cron paused_queue
+REGRESS = api errors security cron paused_queue plans
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/jobq.conf
 ISOLATION = claim_race unique_race cancel_claim
 ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_isolation --temp-config=test/isolation.conf

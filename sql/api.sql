@@ -409,6 +409,9 @@ SELECT jobq.resume('q_api2');
 SELECT jobq.wait(:c2, '60 s');
 SELECT jobq.wait(:c1, '60 s');
 SELECT n FROM app.effects WHERE n IN (20, 21);
+-- and so does the job waiting there since the top (priority 7)
+SELECT count(*) FILTER (WHERE jobq.wait(id, '60 s') <> 'completed') AS not_completed
+  FROM jobq.jobs WHERE queue = 'q_api2' AND priority = 7;
 SELECT jobq.pause('q_api2');
 -- enqueueing into a paused queue, then resuming it, runs the job
 SELECT jobq.enqueue('effect', '{"n": 22}', queue => 'q_api2') AS id \gset

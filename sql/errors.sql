@@ -414,7 +414,7 @@ SELECT jobq.unschedule(NULL);
 -- the internal functions are not for PUBLIC
 --
 SET ROLE regress_jobq_err;
-SELECT jobq._claim(0, 'default', 1, '{}', 0);
+SELECT jobq._hot_path_plans();
 SELECT err.check(:'SQLSTATE');
 SELECT jobq._enqueue('regress_jobq_err', 'err_ok', '{}', NULL, NULL, NULL, NULL, NULL);
 SELECT err.check(:'SQLSTATE');

@@ -717,3 +717,18 @@ CREATE FUNCTION jobq.snooze(run_at timestamptz) RETURNS void
 	LANGUAGE C CALLED ON NULL INPUT AS 'MODULE_PATHNAME', 'jobq_snooze_until';
 COMMENT ON FUNCTION jobq.snooze(timestamptz) IS
 	'In a handler: ends it, effects rolled back; its job runs again at run_at, the attempt not counted';
+
+/* ---------------------------------------------------------------------
+ * Plans of the hot path (src/plans.c)
+ * --------------------------------------------------------------------- */
+
+/* the claim is a statement the workers prepare themselves (src/worker.c) */
+DROP FUNCTION jobq._claim(bigint, text, bigint, text[], integer);
+
+CREATE FUNCTION jobq._hot_path_plans(OUT statement text, OUT plan text)
+RETURNS SETOF record LANGUAGE C
+SET search_path = pg_catalog
+AS 'MODULE_PATHNAME', 'jobq_hot_path_plans';
+COMMENT ON FUNCTION jobq._hot_path_plans() IS
+	'The generic plan of every statement of jobq''s hot path under the statistics of the moment';
+REVOKE ALL ON FUNCTION jobq._hot_path_plans() FROM PUBLIC;

@@ -163,7 +163,7 @@ SELECT jobq.register('bob_private', 'sec.private(jsonb)');
 -- bob cannot choose the owner of a job
 SELECT jobq.enqueue('sec_whoami', owner => 'regress_jobq_alice');
 SELECT jobq._enqueue('regress_jobq_alice', 'sec_whoami', '{}', NULL, NULL, NULL, NULL, NULL);
-SELECT jobq._claim(0, 'default', 1, '{}', 0);
+SELECT jobq._hot_path_plans();
 INSERT INTO jobq.jobs (kind, args, queue, priority, state, max_attempts, scheduled_at, owner)
 VALUES ('sec_whoami', '{}', 'default', 0, 'available', 1, now(), 'regress_jobq_alice');
 UPDATE jobq.jobs SET owner = 'regress_jobq_bob';

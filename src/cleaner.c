@@ -24,21 +24,28 @@ static SPIPlanPtr delete_failed_plan;
 
 #define DELETE_SQL(states) \
 "WITH old AS MATERIALIZED (" \
-"    SELECT id FROM jobq.jobs" \
+"    SELECT ctid AS tid FROM jobq.jobs" \
 "     WHERE state IN " states \
 "       AND finalized_at < now() - $1 * interval '1 second'" \
 "     ORDER BY finalized_at" \
 "     LIMIT " CppAsString2(DELETE_BATCH) \
 "     FOR UPDATE SKIP LOCKED)" \
-" DELETE FROM jobq.jobs j USING old WHERE j.id = old.id"
+" DELETE FROM jobq.jobs j USING old WHERE j.ctid = old.tid"
+
+static const JobqStatement DELETE_COMPLETED = {"delete completed",
+	DELETE_SQL("('completed')"), 1, {FLOAT8OID}};
+static const JobqStatement DELETE_FAILED = {"delete discarded and cancelled",
+	DELETE_SQL("('discarded', 'cancelled')"), 1, {FLOAT8OID}};
+
+const JobqStatement *const jobq_cleaner_statements[] = {
+	&DELETE_COMPLETED, &DELETE_FAILED, NULL
+};
 
 static void
 cleaner_start(void)
 {
-	Oid			types[1] = {FLOAT8OID};
-
-	delete_completed_plan = jobq_prepare(DELETE_SQL("('completed')"), 1, types);
-	delete_failed_plan = jobq_prepare(DELETE_SQL("('discarded', 'cancelled')"), 1, types);
+	delete_completed_plan = jobq_prepare_statement(&DELETE_COMPLETED);
+	delete_failed_plan = jobq_prepare_statement(&DELETE_FAILED);
 }
 
 static void

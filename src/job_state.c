@@ -8,7 +8,7 @@
  *
  *	(enqueue)		-> scheduled | available		jobq._new_job (SQL)
  *	scheduled, retryable -> available			scheduler.c (when due)
- *	available		-> running					jobq._claim (SQL), attempt + 1
+ *	available		-> running					the claim (worker.c), attempt + 1
  *	running			-> completed				jobq_job_complete
  *	running			-> retryable | available | discarded
  *												jobq_job_fail (an error)
@@ -64,17 +64,18 @@
 " WHERE j.ctid = (SELECT ctid FROM jobq.jobs WHERE id = $1)" \
 "   AND j.id = $1 AND j.state = 'running' AND j.attempted_by = $2"
 
-static const char *COMPLETE_SQL =
+static const JobqStatement COMPLETE = {"complete",
 "UPDATE jobq.jobs j"
 "   SET state = 'completed', finalized_at = clock_timestamp(), result = $3"
-THE_JOB;
+THE_JOB,
+3, {INT8OID, INT8OID, JSONBOID}};
 
 /*
  * $3: the retry delay in ms, computed by the worker (it knows the kind's
  * cap without a look-up); 0 makes the job available at once.  One clock
  * reading: the error's "at" is the finalized_at of a discard.
  */
-static const char *FAIL_SQL =
+static const JobqStatement FAIL = {"fail",
 "UPDATE jobq.jobs j"
 "   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
 "                    WHEN $3 = 0 THEN 'available'"
@@ -88,65 +89,78 @@ static const char *FAIL_SQL =
 "           'context', $8::text))"
 "  FROM (SELECT clock_timestamp() AS at) AS now_"
 THE_JOB
-" RETURNING j.state::text";
+" RETURNING j.state::text",
+8, {INT8OID, INT8OID, FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}};
 
-static const char *GIVE_UP_SQL =
+static const JobqStatement GIVE_UP = {"give up",
 "UPDATE jobq.jobs j"
 "   SET state = 'discarded', finalized_at = now_.at,"
 "       errors = j.errors || jsonb_build_array(jsonb_build_object("
 "           'attempt', j.attempt, 'at', now_.at, 'message', $3::text,"
 "           'given_up', true))"
 "  FROM (SELECT clock_timestamp() AS at) AS now_"
-THE_JOB;
+THE_JOB,
+3, {INT8OID, INT8OID, TEXTOID}};
 
-static const char *CANCELLED_SQL =
+static const JobqStatement CANCELLED = {"cancelled by handler",
 "UPDATE jobq.jobs j"
 "   SET state = 'cancelled', finalized_at = clock_timestamp()"
-THE_JOB;
+THE_JOB,
+2, {INT8OID, INT8OID}};
 
 /* $4: jobq.max_snoozes; no row when it is reached (or the job moved on) */
-static const char *SNOOZE_SQL =
+static const JobqStatement SNOOZE = {"snooze",
 "UPDATE jobq.jobs j"
 "   SET state = CASE WHEN $3 <= clock_timestamp() THEN 'available'"
 "                    ELSE 'scheduled' END::jobq.job_state,"
 "       scheduled_at = $3, attempt = j.attempt - 1, snoozes = j.snoozes + 1"
 THE_JOB
 "   AND j.snoozes < $4"
-" RETURNING j.state::text";
+" RETURNING j.state::text",
+4, {INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID}};
 
 /*
- * A failed batch: $2 says whether each job's handler had started.  Rows a
- * user session holds locked are skipped (no wait): they stay running under
- * the withdrawn claim, and the rescuer takes them.
+ * For the outcomes decided by another process than the job's worker: the
+ * job's row by address as in THE_JOB, locked, or no row if a user session
+ * holds it (no wait: the caller comes back to it).
  */
-static const char *RELEASE_SQL =
+#define THE_JOB_UNLOCKED(claim_test) \
+"  FROM (SELECT l.ctid AS tid FROM jobq.jobs l" \
+"         WHERE l.ctid = (SELECT ctid FROM jobq.jobs WHERE id = $1)" \
+"           AND l.id = $1 AND l.state = 'running' AND " claim_test \
+"           FOR UPDATE SKIP LOCKED) AS r," \
+"       (SELECT clock_timestamp() AS at) AS now_" \
+" WHERE j.ctid = r.tid"
+
+/*
+ * A job of a failed batch; $3: whether its handler had started.  Locked by
+ * a user session, it stays running under the withdrawn claim, and the
+ * rescuer takes it.
+ */
+static const JobqStatement RELEASE = {"release job of failed batch",
 "UPDATE jobq.jobs j"
-"   SET state = CASE WHEN NOT r.started THEN 'available'"
+"   SET state = CASE WHEN NOT $3 THEN 'available'"
 "                    WHEN j.attempt >= j.max_attempts THEN 'discarded'"
 "                    ELSE 'retryable' END::jobq.job_state,"
-"       attempt = CASE WHEN r.started THEN j.attempt ELSE j.attempt - 1 END,"
-"       scheduled_at = CASE WHEN NOT r.started OR j.attempt >= j.max_attempts"
+"       attempt = CASE WHEN $3 THEN j.attempt ELSE j.attempt - 1 END,"
+"       scheduled_at = CASE WHEN NOT $3 OR j.attempt >= j.max_attempts"
 "                           THEN j.scheduled_at"
 "                           ELSE now_.at + jobq._backoff(j.attempt,"
 "                                (SELECT h.backoff_max FROM jobq.handlers h"
 "                                  WHERE h.kind = j.kind)) END,"
-"       finalized_at = CASE WHEN r.started AND j.attempt >= j.max_attempts"
+"       finalized_at = CASE WHEN $3 AND j.attempt >= j.max_attempts"
 "                           THEN now_.at END,"
-"       errors = CASE WHEN NOT r.started THEN j.errors"
+"       errors = CASE WHEN NOT $3 THEN j.errors"
 "                     ELSE j.errors || jsonb_build_array(jsonb_build_object("
 "                         'attempt', j.attempt, 'at', now_.at,"
 "                         'message', $4::text, 'sqlstate', $5::text,"
 "                         'batch', true)) END"
-"  FROM (SELECT l.id, b.started FROM jobq.jobs l"
-"          JOIN unnest($1::int8[], $2::bool[]) AS b(id, started) ON l.id = b.id"
-"         WHERE l.state = 'running' AND l.attempted_by = $3"
-"           FOR UPDATE OF l SKIP LOCKED) AS r,"
-"       (SELECT clock_timestamp() AS at) AS now_"
-" WHERE j.id = r.id"
-" RETURNING j.state::text";
+THE_JOB_UNLOCKED("l.attempted_by = $2")
+" RETURNING j.state::text",
+5, {INT8OID, INT8OID, BOOLOID, TEXTOID, TEXTOID}};
 
-/* see rescuer.c: $2 holds the claim each job was seen running under */
-static const char *RESCUE_SQL =
+/* see rescuer.c: $2 is the claim the job was seen running under, or NULL */
+static const JobqStatement RESCUE = {"rescue job",
 "UPDATE jobq.jobs j"
 "   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
 "                    ELSE 'retryable' END::jobq.job_state,"
@@ -159,15 +173,9 @@ static const char *RESCUE_SQL =
 "           'attempt', j.attempt, 'at', now_.at,"
 "           'message', 'worker lost: the worker running this job exited or gave it up before the job ended',"
 "           'lost', true))"
-"  FROM (SELECT l.id FROM jobq.jobs l"
-"          JOIN unnest($1::int8[], $2::int8[]) AS lost(id, attempted_by)"
-"            ON l.id = lost.id"
-"         WHERE l.state = 'running'"
-"           AND l.attempted_by IS NOT DISTINCT FROM lost.attempted_by"
-"           FOR UPDATE OF l SKIP LOCKED) AS taken,"
-"       (SELECT now() AS at) AS now_"
-" WHERE j.id = taken.id"
-" RETURNING j.state::text";
+THE_JOB_UNLOCKED("l.attempted_by IS NOT DISTINCT FROM $2")
+" RETURNING j.state::text",
+2, {INT8OID, INT8OID}};
 
 static SPIPlanPtr complete_plan;
 static SPIPlanPtr fail_plan;
@@ -177,11 +185,15 @@ static SPIPlanPtr snooze_plan;
 static SPIPlanPtr release_plan;
 static SPIPlanPtr rescue_plan;
 
+const JobqStatement *const jobq_job_state_statements[] = {
+	&COMPLETE, &FAIL, &GIVE_UP, &CANCELLED, &SNOOZE, &RELEASE, &RESCUE, NULL
+};
+
 static SPIPlanPtr
-plan(SPIPlanPtr *cached, const char *sql, int nargs, Oid *types)
+plan(SPIPlanPtr *cached, const JobqStatement *statement)
 {
 	if (*cached == NULL)
-		*cached = jobq_prepare(sql, nargs, types);
+		*cached = jobq_prepare_statement(statement);
 	return *cached;
 }
 
@@ -223,19 +235,16 @@ returned_end(uint64 n)
 bool
 jobq_job_complete(int64 id, uint64 claim, Datum result, bool result_isnull)
 {
-	Oid			types[3] = {INT8OID, INT8OID, JSONBOID};
 	Datum		values[3] = {Int64GetDatum(id), Int64GetDatum((int64) claim), result};
 	char		nulls[3] = {' ', ' ', result_isnull ? 'n' : ' '};
 
-	return transition(plan(&complete_plan, COMPLETE_SQL, 3, types),
+	return transition(plan(&complete_plan, &COMPLETE),
 					  values, nulls, SPI_OK_UPDATE, "complete a job") == 1;
 }
 
 JobqEnd
 jobq_job_fail(int64 id, uint64 claim, int64 delay_ms, ErrorData *edata)
 {
-	Oid			types[8] = {INT8OID, INT8OID, FLOAT8OID, TEXTOID,
-	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		values[8];
 	char		nulls[8] = {' ', ' ', ' '};
 	const char *texts[5];
@@ -253,7 +262,7 @@ jobq_job_fail(int64 id, uint64 claim, int64 delay_ms, ErrorData *edata)
 		nulls[3 + i] = texts[i] ? ' ' : 'n';
 		values[3 + i] = texts[i] ? error_field(texts[i]) : (Datum) 0;
 	}
-	if (transition(plan(&fail_plan, FAIL_SQL, 8, types), values, nulls,
+	if (transition(plan(&fail_plan, &FAIL), values, nulls,
 				   SPI_OK_UPDATE_RETURNING, "record a failed attempt") == 0)
 		return JOBQ_END_GONE;
 	return returned_end(0);
@@ -262,21 +271,19 @@ jobq_job_fail(int64 id, uint64 claim, int64 delay_ms, ErrorData *edata)
 bool
 jobq_job_give_up(int64 id, uint64 claim, const char *reason)
 {
-	Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
 	Datum		values[3] = {Int64GetDatum(id), Int64GetDatum((int64) claim),
 	error_field(reason)};
 
-	return transition(plan(&give_up_plan, GIVE_UP_SQL, 3, types), values, NULL,
+	return transition(plan(&give_up_plan, &GIVE_UP), values, NULL,
 					  SPI_OK_UPDATE, "give a job up") == 1;
 }
 
 bool
 jobq_job_cancelled_by_handler(int64 id, uint64 claim)
 {
-	Oid			types[2] = {INT8OID, INT8OID};
 	Datum		values[2] = {Int64GetDatum(id), Int64GetDatum((int64) claim)};
 
-	return transition(plan(&cancelled_plan, CANCELLED_SQL, 2, types), values, NULL,
+	return transition(plan(&cancelled_plan, &CANCELLED), values, NULL,
 					  SPI_OK_UPDATE, "cancel a job") == 1;
 }
 
@@ -284,11 +291,10 @@ jobq_job_cancelled_by_handler(int64 id, uint64 claim)
 JobqEnd
 jobq_job_snooze(int64 id, uint64 claim, TimestampTz run_at)
 {
-	Oid			types[4] = {INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID};
 	Datum		values[4] = {Int64GetDatum(id), Int64GetDatum((int64) claim),
 		TimestampTzGetDatum(run_at), Int32GetDatum(jobq_max_snoozes)};
 
-	if (transition(plan(&snooze_plan, SNOOZE_SQL, 4, types), values, NULL,
+	if (transition(plan(&snooze_plan, &SNOOZE), values, NULL,
 				   SPI_OK_UPDATE_RETURNING, "snooze a job") == 0)
 		return JOBQ_END_GONE;
 	return returned_end(0);
@@ -297,54 +303,47 @@ jobq_job_snooze(int64 id, uint64 claim, TimestampTz run_at)
 /*
  * Gives back the jobs of a batch whose transaction failed; counts what
  * they became into ends[] (indexed by JobqEnd).  A job not given back is
- * locked by a user session or has moved on.
+ * locked by a user session or has moved on.  One job at a time: see
+ * THE_JOB_UNLOCKED.
  */
 void
 jobq_jobs_release(int64 *ids, bool *started, int n, uint64 claim,
 				  ErrorData *edata, int *ends)
 {
-	Oid			types[5] = {INT8ARRAYOID, BOOLARRAYOID, INT8OID, TEXTOID, TEXTOID};
-	Datum	   *id_datums = palloc(sizeof(Datum) * n);
-	Datum	   *started_datums = palloc(sizeof(Datum) * n);
 	Datum		values[5];
 	char	   *message;
-	uint64		changed;
 
-	for (int i = 0; i < n; i++)
-	{
-		id_datums[i] = Int64GetDatum(ids[i]);
-		started_datums[i] = BoolGetDatum(started[i]);
-	}
 	message = psprintf("the transaction of its batch failed: %s",
 					   edata->message ? edata->message : "");
-	values[0] = PointerGetDatum(construct_array(id_datums, n, INT8OID, 8,
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[1] = PointerGetDatum(construct_array(started_datums, n, BOOLOID, 1,
-												true, TYPALIGN_CHAR));
-	values[2] = Int64GetDatum((int64) claim);
+	values[1] = Int64GetDatum((int64) claim);
 	values[3] = error_field(message);
 	values[4] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
-	changed = transition(plan(&release_plan, RELEASE_SQL, 5, types), values, NULL,
-						 SPI_OK_UPDATE_RETURNING, "give back the jobs of a failed batch");
-	for (uint64 i = 0; i < changed; i++)
-		ends[returned_end(i)]++;
+	for (int i = 0; i < n; i++)
+	{
+		values[0] = Int64GetDatum(ids[i]);
+		values[2] = BoolGetDatum(started[i]);
+		if (transition(plan(&release_plan, &RELEASE), values, NULL,
+					   SPI_OK_UPDATE_RETURNING, "give back a job of a failed batch") == 1)
+			ends[returned_end(0)]++;
+	}
 }
 
 /*
- * Gives back lost jobs (ids[], each with the claim it was seen running
- * under, NULL allowed); counts what they became into ends[].
+ * Gives back lost jobs, each with the claim it was seen running under
+ * (claims[i] 0: none); counts what they became into ends[].
  */
 void
-jobq_jobs_rescue(Datum ids, Datum claims, int *ends)
+jobq_jobs_rescue(int64 *ids, uint64 *claims, int n, int *ends)
 {
-	Oid			types[2] = {INT8ARRAYOID, INT8ARRAYOID};
-	Datum		values[2] = {ids, claims};
-	uint64		changed;
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[2] = {Int64GetDatum(ids[i]), Int64GetDatum((int64) claims[i])};
+		char		nulls[2] = {' ', claims[i] == 0 ? 'n' : ' '};
 
-	changed = transition(plan(&rescue_plan, RESCUE_SQL, 2, types), values, NULL,
-						 SPI_OK_UPDATE_RETURNING, "rescue jobs of lost workers");
-	for (uint64 i = 0; i < changed; i++)
-		ends[returned_end(i)]++;
+		if (transition(plan(&rescue_plan, &RESCUE), values, nulls,
+					   SPI_OK_UPDATE_RETURNING, "rescue a job of a lost worker") == 1)
+			ends[returned_end(0)]++;
+	}
 }
 
 /* The leader drops its plans when it resigns (see rescuer_stop). */

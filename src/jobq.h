@@ -68,6 +68,7 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
+#include "utils/guc.h"
 #include "utils/wait_event.h"
 
 #define JOBQ_CANDIDATES			2	/* leader candidates per database */
@@ -278,9 +279,31 @@ extern int	jobq_execute_plan(struct _SPI_plan *plan, Datum *values, const char *
 							  bool read_only, long count);
 extern void jobq_free_plan(struct _SPI_plan **plan);
 
+/*
+ * A statement of jobq's hot path, kept by the module that runs it.  plans.c
+ * lists them all for jobq._hot_path_plans(), which shows the generic plan
+ * of each: expected/plans.out pins them under realistic statistics.
+ */
+#define JOBQ_STATEMENT_MAX_ARGS 8
+typedef struct JobqStatement
+{
+	const char *name;
+	const char *sql;
+	int			nargs;
+	Oid			types[JOBQ_STATEMENT_MAX_ARGS];
+} JobqStatement;
+
+extern struct _SPI_plan *jobq_prepare_statement(const JobqStatement *statement);
+extern const JobqStatement *const jobq_worker_statements[];
+extern const JobqStatement *const jobq_job_state_statements[];
+extern const JobqStatement *const jobq_scheduler_statements[];
+extern const JobqStatement *const jobq_cleaner_statements[];
+extern const JobqStatement *const jobq_rescuer_statements[];
+
 /* settings.c: the settings of jobq's processes and of handlers */
 extern void jobq_settings_capture(void);
 extern void jobq_settings_pin(void);
+extern void jobq_settings_set_own(GucAction action);
 extern void jobq_settings_load(void);
 extern bool jobq_settings_apply_owner(Oid owner);
 
@@ -301,7 +324,7 @@ extern bool jobq_job_cancelled_by_handler(int64 id, uint64 claim);
 extern JobqEnd jobq_job_snooze(int64 id, uint64 claim, TimestampTz run_at);
 extern void jobq_jobs_release(int64 *ids, bool *started, int n, uint64 claim,
 							  ErrorData *edata, int *ends);
-extern void jobq_jobs_rescue(Datum ids, Datum claims, int *ends);
+extern void jobq_jobs_rescue(int64 *ids, uint64 *claims, int n, int *ends);
 extern void jobq_job_state_forget_rescue_plan(void);
 
 /* job_control.c: what a handler asks of its own job */

@@ -312,6 +312,12 @@ jobq_prepare(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+SPIPlanPtr
+jobq_prepare_statement(const JobqStatement *statement)
+{
+	return jobq_prepare(statement->sql, statement->nargs, (Oid *) statement->types);
+}
+
 void
 jobq_free_plan(SPIPlanPtr *plan)
 {

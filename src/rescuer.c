@@ -37,31 +37,23 @@
 #define LOCKED_RECHECK_MS	1000	/* lost jobs locked by a user session */
 
 static SPIPlanPtr running_plan;
-static SPIPlanPtr locked_plan;
 
-static const char *RUNNING_SQL =
-"SELECT id, attempted_by FROM jobq.jobs WHERE state = 'running'";
+static const JobqStatement RUNNING = {"running jobs",
+"SELECT id, attempted_by FROM jobq.jobs WHERE state = 'running'",
+0, {0}};
 
-/* lost jobs the rescue left running: locked by a user session */
-static const char *LOCKED_SQL =
-"SELECT count(*) FROM jobq.jobs l"
-"  JOIN unnest($1::int8[], $2::int8[]) AS lost(id, attempted_by) ON l.id = lost.id"
-" WHERE l.state = 'running' AND l.attempted_by IS NOT DISTINCT FROM lost.attempted_by";
+const JobqStatement *const jobq_rescuer_statements[] = {&RUNNING, NULL};
 
 static void
 rescuer_start(void)
 {
-	Oid			types[2] = {INT8ARRAYOID, INT8ARRAYOID};
-
-	running_plan = jobq_prepare(RUNNING_SQL, 0, NULL);
-	locked_plan = jobq_prepare(LOCKED_SQL, 2, types);
+	running_plan = jobq_prepare_statement(&RUNNING);
 }
 
 static void
 rescuer_stop(void)
 {
 	jobq_free_plan(&running_plan);
-	jobq_free_plan(&locked_plan);
 	jobq_job_state_forget_rescue_plan();
 }
 
@@ -79,16 +71,12 @@ rescuer_run(int db_index)
 {
 	uint64	   *live = palloc(sizeof(uint64) * max_worker_processes);
 	int			nlive;
-	Datum	   *ids;
-	Datum	   *owners;
-	bool	   *owner_nulls;
+	int64	   *ids;
+	uint64	   *claims;
 	int			nlost = 0;
 	int			ends[JOBQ_NUM_ENDS] = {0};
 	int			rescued;
 	uint64		nrunning;
-	Datum		values[2];
-	int			dims[1];
-	int			lbs[1] = {1};
 
 	if (jobq_execute_plan(running_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list running jobs");
@@ -96,9 +84,8 @@ rescuer_run(int db_index)
 	nlive = jobq_live_claims(db_index, live);
 
 	nrunning = SPI_processed;
-	ids = palloc(sizeof(Datum) * Max(nrunning, 1));
-	owners = palloc(sizeof(Datum) * Max(nrunning, 1));
-	owner_nulls = palloc(sizeof(bool) * Max(nrunning, 1));
+	ids = palloc(sizeof(int64) * Max(nrunning, 1));
+	claims = palloc(sizeof(uint64) * Max(nrunning, 1));
 	for (uint64 i = 0; i < nrunning; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -108,19 +95,14 @@ rescuer_run(int db_index)
 
 		if (!isnull && is_live((uint64) DatumGetInt64(by), live, nlive))
 			continue;
-		ids[nlost] = id;
-		owners[nlost] = by;
-		owner_nulls[nlost] = isnull;
+		ids[nlost] = DatumGetInt64(id);
+		claims[nlost] = isnull ? 0 : (uint64) DatumGetInt64(by);
 		nlost++;
 	}
 	if (nlost == 0)
 		return jobq_rescue_interval_ms;
 
-	dims[0] = nlost;
-	values[0] = PointerGetDatum(construct_array(ids, nlost, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[1] = PointerGetDatum(construct_md_array(owners, owner_nulls, 1, dims, lbs,
-												   INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	jobq_jobs_rescue(values[0], values[1], ends);
+	jobq_jobs_rescue(ids, claims, nlost, ends);
 	rescued = ends[JOBQ_END_RETRYABLE] + ends[JOBQ_END_DISCARDED];
 	if (rescued > 0)
 	{
@@ -132,16 +114,9 @@ rescuer_run(int db_index)
 		if (ends[JOBQ_END_DISCARDED] > 0)
 			jobq_at_commit_jobs_finished();
 	}
-	/* some were locked by a user session: look again soon */
+	/* some were locked by a user session (or ended meanwhile): look again soon */
 	if (nlost > rescued)
-	{
-		bool		isnull;
-
-		if (jobq_execute_plan(locked_plan, values, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not count locked jobs of lost workers");
-		if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0)
-			return Min(jobq_rescue_interval_ms, LOCKED_RECHECK_MS);
-	}
+		return Min(jobq_rescue_interval_ms, LOCKED_RECHECK_MS);
 	return jobq_rescue_interval_ms;
 }
 

@@ -22,25 +22,30 @@
 static SPIPlanPtr promote_plan;
 static SPIPlanPtr next_due_plan;
 
-static const char *PROMOTE_SQL =
+static const JobqStatement PROMOTE = {"promote",
 "WITH due AS MATERIALIZED ("
-"    SELECT id FROM jobq.jobs"
+"    SELECT ctid AS tid FROM jobq.jobs"
 "     WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now()"
 "     ORDER BY scheduled_at"
 "     LIMIT " CppAsString2(PROMOTE_BATCH)
 "     FOR UPDATE SKIP LOCKED)"
 " UPDATE jobq.jobs j SET state = 'available'"
-"   FROM due WHERE j.id = due.id";
+"   FROM due WHERE j.ctid = due.tid",
+0, {0}};
 
-static const char *NEXT_DUE_SQL =
-"SELECT (extract(epoch FROM min(scheduled_at) - clock_timestamp()) * 1000)::int8"
-"  FROM jobq.jobs WHERE state IN ('scheduled', 'retryable')";
+static const JobqStatement NEXT_DUE = {"next due",
+"SELECT (extract(epoch FROM scheduled_at - clock_timestamp()) * 1000)::int8"
+"  FROM jobq.jobs WHERE state IN ('scheduled', 'retryable')"
+" ORDER BY scheduled_at LIMIT 1",
+0, {0}};
+
+const JobqStatement *const jobq_scheduler_statements[] = {&PROMOTE, &NEXT_DUE, NULL};
 
 static void
 scheduler_start(void)
 {
-	promote_plan = jobq_prepare(PROMOTE_SQL, 0, NULL);
-	next_due_plan = jobq_prepare(NEXT_DUE_SQL, 0, NULL);
+	promote_plan = jobq_prepare_statement(&PROMOTE);
+	next_due_plan = jobq_prepare_statement(&NEXT_DUE);
 }
 
 static void
@@ -67,10 +72,10 @@ scheduler_run(int db_index)
 
 	if (jobq_execute_plan(next_due_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not find the next due job");
+	if (SPI_processed == 0)
+		return IDLE_RECHECK_MS;
 	due_in_ms = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull)
-		return IDLE_RECHECK_MS;
 	if (due_in_ms <= 0)
 		return promoted > 0 ? 0 : LOCKED_RECHECK_MS;
 	return (long) Min(due_in_ms, IDLE_RECHECK_MS);

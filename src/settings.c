@@ -65,6 +65,15 @@ static const struct
 	{"default_transaction_deferrable", "off"},
 	/* replica would skip the foreign keys and triggers of jobq's tables */
 	{"session_replication_role", "origin"},
+
+	/*
+	 * No statistics may send a statement into a scan of the whole table:
+	 * analyzed while empty, jobq.jobs makes one look cheaper than any index,
+	 * and the plan stays while the table fills.  Generic plans: those are
+	 * what jobq._hot_path_plans() shows and expected/plans.out pins.
+	 */
+	{"enable_seqscan", "off"},
+	{"plan_cache_mode", "force_generic_plan"},
 };
 
 /* A setting as the process had it before connecting. */
@@ -246,9 +255,16 @@ jobq_settings_pin(void)
 	for_each_setting(InvalidOid, role, take_back, GUC_ACTION_SET);
 	for_each_setting(MyDatabaseId, InvalidOid, take_back, GUC_ACTION_SET);
 	for_each_setting(InvalidOid, InvalidOid, take_back, GUC_ACTION_SET);
+	jobq_settings_set_own(GUC_ACTION_SET);
+}
+
+/* Sets jobq's own settings (own_settings) at session level. */
+void
+jobq_settings_set_own(GucAction action)
+{
 	for (int i = 0; i < lengthof(own_settings); i++)
 		(void) set_config_option(own_settings[i].name, own_settings[i].value,
-								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
+								 PGC_SUSET, PGC_S_SESSION, action, true, 0, false);
 }
 
 /*

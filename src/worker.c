@@ -165,17 +165,51 @@ static SPIPlanPtr count_running_plan;
 static SPIPlanPtr load_kinds_plan;
 static SPIPlanPtr load_queues_plan;
 
-/* see jobq._claim() in the install script */
-static const char *CLAIM_SQL =
-"SELECT id, kind, args, owner, attempt, max_attempts, alone"
-"  FROM jobq._claim($1, $2, $3, $4, $5)";
+/*
+ * The claim: up to $3 available jobs of queue $2, in run order, marked
+ * running under claim $1.  A job that must run alone -- its previous
+ * worker died, or its kind is one of $4 (procedures) -- is claimed at most
+ * $5 (0 or 1) at a time: if it kills its worker again, it must not take
+ * the attempts of other such jobs claimed with it.  Locked rows not claimed
+ * are released at commit.  attempted_at is one clock reading taken after
+ * the snapshot (an InitPlan), not now(): the claim transaction may have
+ * begun before the job's enqueue did.  The locked rows are updated by
+ * address (the version the lock took), never through another index.
+ */
+static const JobqStatement CLAIM = {"claim",
+"WITH locked AS MATERIALIZED ("
+"    SELECT j.ctid AS tid, j.priority, j.scheduled_at, j.id,"
+"           coalesce((j.errors -> -1 ->> 'lost')::boolean, false)"
+"             OR j.kind = ANY ($4) AS alone"
+"      FROM jobq.jobs j"
+"     WHERE j.state = 'available' AND j.queue = $2"
+"       AND NOT EXISTS (SELECT FROM jobq.queues q WHERE q.name = $2 AND q.paused)"
+"     ORDER BY j.priority, j.scheduled_at, j.id"
+"     LIMIT $3"
+"     FOR UPDATE OF j SKIP LOCKED),"
+" picked AS ("
+"    SELECT l.tid, l.alone FROM locked l WHERE NOT l.alone"
+"    UNION ALL"
+"    (SELECT l.tid, l.alone FROM locked l WHERE l.alone"
+"      ORDER BY l.priority, l.scheduled_at, l.id LIMIT $5)),"
+" claimed AS ("
+"    UPDATE jobq.jobs j"
+"       SET state = 'running', attempt = j.attempt + 1,"
+"           attempted_at = (SELECT clock_timestamp()), attempted_by = $1"
+"      FROM picked"
+"     WHERE j.ctid = picked.tid"
+"    RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts,"
+"              j.priority, j.scheduled_at, picked.alone)"
+"SELECT c.id, c.kind, c.args, c.owner::oid, c.attempt, c.max_attempts, c.alone"
+"  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id",
+5, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID}};
 
 /*
  * The queues that have available jobs, one index probe per such queue (a
  * skip scan of jobs_available): with many queues, what a claim cycle costs
  * does not grow with their number.
  */
-static const char *QUEUES_WITH_JOBS_SQL =
+static const JobqStatement QUEUES_WITH_JOBS = {"queues with jobs",
 "WITH RECURSIVE q(name) AS ("
 "    (SELECT queue FROM jobq.jobs WHERE state = 'available' ORDER BY queue LIMIT 1)"
 "    UNION ALL"
@@ -183,18 +217,25 @@ static const char *QUEUES_WITH_JOBS_SQL =
 "             WHERE j.state = 'available' AND j.queue > q.name"
 "             ORDER BY j.queue LIMIT 1)"
 "      FROM q WHERE q.name IS NOT NULL)"
-"SELECT name FROM q WHERE name IS NOT NULL";
+"SELECT name FROM q WHERE name IS NOT NULL",
+0, {0}};
 
 /*
  * Serialises claimers of a limited queue; no row: paused, gone, or locked
  * by another claimer or a user's open transaction (skipped this time).
  */
-static const char *LOCK_QUEUE_SQL =
+static const JobqStatement LOCK_QUEUE = {"lock limited queue",
 "SELECT concurrency FROM jobq.queues WHERE name = $1 AND NOT paused"
-"   FOR UPDATE SKIP LOCKED";
+"   FOR UPDATE SKIP LOCKED",
+1, {TEXTOID}};
 
-static const char *COUNT_RUNNING_SQL =
-"SELECT count(*) FROM jobq.jobs WHERE state = 'running' AND queue = $1";
+static const JobqStatement COUNT_RUNNING = {"count running of queue",
+"SELECT count(*) FROM jobq.jobs WHERE state = 'running' AND queue = $1",
+1, {TEXTOID}};
+
+const JobqStatement *const jobq_worker_statements[] = {
+	&CLAIM, &QUEUES_WITH_JOBS, &LOCK_QUEUE, &COUNT_RUNNING, NULL
+};
 
 static const char *LOAD_KINDS_SQL =
 "SELECT h.kind, h.handler::oid,"
@@ -209,15 +250,12 @@ static const char *LOAD_QUEUES_SQL =
 static void
 prepare_plans(void)
 {
-	Oid			claim_types[5] = {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID};
-	Oid			queue_types[1] = {TEXTOID};
-
 	if (claim_plan != NULL)
 		return;
-	claim_plan = jobq_prepare(CLAIM_SQL, lengthof(claim_types), claim_types);
-	queues_with_jobs_plan = jobq_prepare(QUEUES_WITH_JOBS_SQL, 0, NULL);
-	lock_queue_plan = jobq_prepare(LOCK_QUEUE_SQL, 1, queue_types);
-	count_running_plan = jobq_prepare(COUNT_RUNNING_SQL, 1, queue_types);
+	claim_plan = jobq_prepare_statement(&CLAIM);
+	queues_with_jobs_plan = jobq_prepare_statement(&QUEUES_WITH_JOBS);
+	lock_queue_plan = jobq_prepare_statement(&LOCK_QUEUE);
+	count_running_plan = jobq_prepare_statement(&COUNT_RUNNING);
 	load_kinds_plan = jobq_prepare(LOAD_KINDS_SQL, 0, NULL);
 	load_queues_plan = jobq_prepare(LOAD_QUEUES_SQL, 0, NULL);
 }
@@ -870,6 +908,16 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 	volatile bool watching = false;
 	static char activity[128 + KIND_KEY_LEN];
 
+	if (k == NULL)
+	{
+		/*
+		 * Registered after our cache was loaded, by a transaction that
+		 * committed between our reading the generation and our claim.
+		 */
+		cached_generation = 0;
+		refresh_caches(pg_atomic_read_u64(&JobqShared->config_generation));
+		k = kind_entry(job->kind);
+	}
 	MemoryContextSwitchTo(job_cxt);
 	snprintf(activity, sizeof(activity), "jobq job " INT64_FORMAT " (%s)", job->id, job->kind);
 	pgstat_report_activity(STATE_RUNNING, activity);
