@@ -74,6 +74,8 @@ static const struct
 	 */
 	{"enable_seqscan", "off"},
 	{"plan_cache_mode", "force_generic_plan"},
+	/* short statements: compiling them never pays (a disabled scan's cost would ask for it) */
+	{"jit", "off"},
 };
 
 /* A setting as the process had it before connecting. */
