@@ -89,6 +89,8 @@ run_pending_actions(void)
 
 	if (db_index >= 0)
 	{
+		if (pending.wake_workers > 0)
+			pg_atomic_fetch_add_u64(&JobqShared->databases[db_index].available_generation, 1);
 		if (pending.recheck_database)
 			jobq_wake_database(db_index);
 		else if (pending.wake_workers > 0)

@@ -159,6 +159,10 @@ typedef struct JobqDatabase
 	uint32		leader_key;		/* key2 of the leader lock of this election */
 	bool		leader_key_used;	/* a leader held it: draw a new one */
 	pg_atomic_uint32 lost_workers;	/* bumped when a worker exits: rescue work */
+	pg_atomic_uint64 available_generation;	/* bumped at the commit of a
+											 * transaction that made jobs
+											 * available: claims look from
+											 * the head again (worker.c) */
 } JobqDatabase;
 
 typedef struct JobqSharedState

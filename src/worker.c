@@ -103,7 +103,16 @@ typedef struct QueueEntry
 	char		name[QUEUE_KEY_LEN];	/* hash key */
 	bool		paused;
 	bool		limited;
+	/* the run-order key of the last job we claimed here: see claim_jobs */
+	bool		has_cursor;
+	int16		cursor_priority;
+	TimestampTz cursor_scheduled_at;
+	int64		cursor_id;
+	uint64		cursor_generation;	/* available_generation it is valid for */
+	TimestampTz head_scan_at;	/* when we last claimed from the head */
 } QueueEntry;
+
+#define HEAD_SCAN_MS 1000		/* claim from each queue's head at least this often */
 
 typedef struct ClaimedJob
 {
@@ -154,11 +163,14 @@ static QueueEntry **unpaused;	/* the unpaused queues, in kinds_cxt */
 static int	nunpaused;
 static uint64 cached_generation = 0;
 static uint32 queue_rotor = 0;
+static uint64 available_generation; /* as read before this claim's snapshot */
+static TimestampTz claim_started_at;
 static double mean_job_ms;		/* moving mean of handler durations */
 
 static ConstraintsSetStmt *all_constraints_immediate;
 
 static SPIPlanPtr claim_plan;
+static SPIPlanPtr claim_after_plan;
 static SPIPlanPtr queues_with_jobs_plan;
 static SPIPlanPtr lock_queue_plan;
 static SPIPlanPtr count_running_plan;
@@ -166,43 +178,53 @@ static SPIPlanPtr load_kinds_plan;
 static SPIPlanPtr load_queues_plan;
 
 /*
- * The claim: up to $3 available jobs of queue $2, in run order, marked
- * running under claim $1.  A job that must run alone -- its previous
- * worker died, or its kind is one of $4 (procedures) -- is claimed at most
- * $5 (0 or 1) at a time: if it kills its worker again, it must not take
- * the attempts of other such jobs claimed with it.  Locked rows not claimed
- * are released at commit.  attempted_at is one clock reading taken after
- * the snapshot (an InitPlan), not now(): the claim transaction may have
- * begun before the job's enqueue did.  The locked rows are updated by
- * address (the version the lock took), never through another index.
+ * The claim: up to $3 available jobs of queue $2, in run order (after the
+ * key where_after names, if any), marked running under claim $1.  A job
+ * that must run alone -- its previous worker died, or its kind is one of
+ * $4 (procedures) -- is claimed at most $5 (0 or 1) at a time: if it kills
+ * its worker again, it must not take the attempts of other such jobs
+ * claimed with it.  Locked rows not claimed are released at commit;
+ * "locked" says how many rows were locked.  attempted_at is one clock
+ * reading taken after the snapshot (an InitPlan), not now(): the claim
+ * transaction may have begun before the job's enqueue did.  The locked
+ * rows are updated by address (the version the lock took).
  */
+#define CLAIM_SQL(where_after) \
+"WITH locked AS MATERIALIZED (" \
+"    SELECT j.ctid AS tid, j.priority, j.scheduled_at, j.id," \
+"           coalesce((j.errors -> -1 ->> 'lost')::boolean, false)" \
+"             OR j.kind = ANY ($4) AS alone" \
+"      FROM jobq.jobs j" \
+"     WHERE j.state = 'available' AND j.queue = $2" where_after \
+"       AND NOT EXISTS (SELECT FROM jobq.queues q WHERE q.name = $2 AND q.paused)" \
+"     ORDER BY j.priority, j.scheduled_at, j.id" \
+"     LIMIT $3" \
+"     FOR UPDATE OF j SKIP LOCKED)," \
+" picked AS (" \
+"    SELECT l.tid, l.alone FROM locked l WHERE NOT l.alone" \
+"    UNION ALL" \
+"    (SELECT l.tid, l.alone FROM locked l WHERE l.alone" \
+"      ORDER BY l.priority, l.scheduled_at, l.id LIMIT $5))," \
+" claimed AS (" \
+"    UPDATE jobq.jobs j" \
+"       SET state = 'running', attempt = j.attempt + 1," \
+"           attempted_at = (SELECT clock_timestamp()), attempted_by = $1" \
+"      FROM picked" \
+"     WHERE j.ctid = picked.tid" \
+"    RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts," \
+"              j.priority, j.scheduled_at, picked.alone)" \
+"SELECT c.id, c.kind, c.args, c.owner::oid, c.attempt, c.max_attempts, c.alone," \
+"       c.priority, c.scheduled_at, (SELECT count(*) FROM locked) AS locked" \
+"  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id"
+
 static const JobqStatement CLAIM = {"claim",
-"WITH locked AS MATERIALIZED ("
-"    SELECT j.ctid AS tid, j.priority, j.scheduled_at, j.id,"
-"           coalesce((j.errors -> -1 ->> 'lost')::boolean, false)"
-"             OR j.kind = ANY ($4) AS alone"
-"      FROM jobq.jobs j"
-"     WHERE j.state = 'available' AND j.queue = $2"
-"       AND NOT EXISTS (SELECT FROM jobq.queues q WHERE q.name = $2 AND q.paused)"
-"     ORDER BY j.priority, j.scheduled_at, j.id"
-"     LIMIT $3"
-"     FOR UPDATE OF j SKIP LOCKED),"
-" picked AS ("
-"    SELECT l.tid, l.alone FROM locked l WHERE NOT l.alone"
-"    UNION ALL"
-"    (SELECT l.tid, l.alone FROM locked l WHERE l.alone"
-"      ORDER BY l.priority, l.scheduled_at, l.id LIMIT $5)),"
-" claimed AS ("
-"    UPDATE jobq.jobs j"
-"       SET state = 'running', attempt = j.attempt + 1,"
-"           attempted_at = (SELECT clock_timestamp()), attempted_by = $1"
-"      FROM picked"
-"     WHERE j.ctid = picked.tid"
-"    RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts,"
-"              j.priority, j.scheduled_at, picked.alone)"
-"SELECT c.id, c.kind, c.args, c.owner::oid, c.attempt, c.max_attempts, c.alone"
-"  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id",
-5, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID}};
+	CLAIM_SQL(""),
+	5, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID}};
+
+/* $6, $7, $8: the queue's cursor (see claim_jobs) */
+static const JobqStatement CLAIM_AFTER = {"claim after cursor",
+	CLAIM_SQL(" AND (j.priority, j.scheduled_at, j.id) > ($6, $7, $8)"),
+	8, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID, INT2OID, TIMESTAMPTZOID, INT8OID}};
 
 /*
  * The queues that have available jobs, one index probe per such queue (a
@@ -234,7 +256,7 @@ static const JobqStatement COUNT_RUNNING = {"count running of queue",
 1, {TEXTOID}};
 
 const JobqStatement *const jobq_worker_statements[] = {
-	&CLAIM, &QUEUES_WITH_JOBS, &LOCK_QUEUE, &COUNT_RUNNING, NULL
+	&CLAIM, &CLAIM_AFTER, &QUEUES_WITH_JOBS, &LOCK_QUEUE, &COUNT_RUNNING, NULL
 };
 
 static const char *LOAD_KINDS_SQL =
@@ -253,6 +275,7 @@ prepare_plans(void)
 	if (claim_plan != NULL)
 		return;
 	claim_plan = jobq_prepare_statement(&CLAIM);
+	claim_after_plan = jobq_prepare_statement(&CLAIM_AFTER);
 	queues_with_jobs_plan = jobq_prepare_statement(&QUEUES_WITH_JOBS);
 	lock_queue_plan = jobq_prepare_statement(&LOCK_QUEUE);
 	count_running_plan = jobq_prepare_statement(&COUNT_RUNNING);
@@ -350,6 +373,7 @@ load_queues(void)
 		q = hash_search(queues, name, HASH_ENTER, NULL);
 		q->paused = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
 		q->limited = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		q->has_cursor = false;
 	}
 
 	unpaused = MemoryContextAlloc(kinds_cxt, sizeof(QueueEntry *) * Max(SPI_processed, 1));
@@ -517,10 +541,13 @@ check_owner(KindEntry *k, Oid owner)
 static int
 claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *jobs)
 {
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Datum		values[8];
 	int64		limit = capacity;
 	int			n = 0;
+	int64		locked = 0;
+	bool		after = q->has_cursor &&
+		q->cursor_generation == available_generation &&
+		!TimestampDifferenceExceeds(q->head_scan_at, claim_started_at, HEAD_SCAN_MS);
 	MemoryContext old;
 
 	values[0] = Int64GetDatum((int64) my_claim);
@@ -553,7 +580,11 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 	values[2] = Int64GetDatum(limit);
 	values[3] = alone_kinds;
 	values[4] = Int32GetDatum(may_claim_alone ? 1 : 0);
-	if (jobq_execute_plan(claim_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+	values[5] = Int16GetDatum(q->cursor_priority);
+	values[6] = TimestampTzGetDatum(q->cursor_scheduled_at);
+	values[7] = Int64GetDatum(q->cursor_id);
+	if (jobq_execute_plan(after ? claim_after_plan : claim_plan, values, NULL,
+						  false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim jobs of queue \"%s\"", q->name);
 
 	old = MemoryContextSwitchTo(batch_cxt);
@@ -571,8 +602,23 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		job->alone = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		if (i == SPI_processed - 1)
+		{
+			q->cursor_priority = DatumGetInt16(SPI_getbinval(tup, desc, 8, &isnull));
+			q->cursor_scheduled_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+			q->cursor_id = job->id;
+			locked = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
+		}
 	}
 	MemoryContextSwitchTo(old);
+
+	/* a full claim of every row it locked: the next one starts after it */
+	q->has_cursor = n == limit && locked == n;
+	if (!after)
+	{
+		q->head_scan_at = claim_started_at;
+		q->cursor_generation = available_generation;
+	}
 	return n;
 }
 
@@ -591,6 +637,19 @@ claim_capacity(void)
  * Claims a batch across the queues, starting at a rotating queue; commits
  * the claim.  Jobs that must run alone (at most one per queue claimed) are
  * moved to the end.  Leaves the process if the extension is gone.
+ *
+ * A claim from the head of a queue walks the index entries of the jobs
+ * claimed before it, which stay until no snapshot can see them: with a
+ * snapshot held elsewhere (a long report, a replica's feedback), every
+ * claim would walk every job claimed since.  So each worker remembers,
+ * per queue, the run-order key of the last job it claimed, and its next
+ * claim starts after it.  Jobs before the cursor can only be ones that
+ * became available later (an enqueue of an earlier key, a retry, a
+ * release), and every transaction that makes jobs available bumps the
+ * database's available_generation at its commit: a cursor is used only
+ * while the generation is the one read before its head claim's snapshot.
+ * A claim that is not full, or left a locked row unclaimed, drops the
+ * cursor; and every HEAD_SCAN_MS a claim starts from the head anyway.
  */
 static int
 claim_jobs(ClaimedJob **jobs_out)
@@ -610,6 +669,10 @@ claim_jobs(ClaimedJob **jobs_out)
 	 * the generation, so one committing later is caught next time.
 	 */
 	uint64		generation = pg_atomic_read_u64(&JobqShared->config_generation);
+
+	available_generation =
+		pg_atomic_read_u64(&JobqShared->databases[me->db_index].available_generation);
+	claim_started_at = GetCurrentTimestamp();
 
 	jobq_xact_begin("jobq worker: claiming jobs");
 	if (!jobq_extension_present())
