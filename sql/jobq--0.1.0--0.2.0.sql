@@ -722,8 +722,12 @@ COMMENT ON FUNCTION jobq.snooze(timestamptz) IS
  * Plans of the hot path (src/plans.c)
  * --------------------------------------------------------------------- */
 
-/* the claim is a statement the workers prepare themselves (src/worker.c) */
-DROP FUNCTION jobq._claim(bigint, text, bigint, text[], integer);
+/* the workers' own claim statement (src/worker.c), for the isolation tests */
+CREATE OR REPLACE FUNCTION jobq._claim(worker bigint, queue text, max_jobs bigint,
+									   alone_kinds text[], max_alone integer)
+RETURNS TABLE (id bigint, kind text, args jsonb, owner oid, attempt integer,
+			   max_attempts integer, alone boolean)
+LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'jobq_claim_sql';
 
 CREATE FUNCTION jobq._hot_path_plans(OUT statement text, OUT plan text)
 RETURNS SETOF record LANGUAGE C

@@ -53,6 +53,7 @@
 #include "commands/trigger.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -103,16 +104,17 @@ typedef struct QueueEntry
 	char		name[QUEUE_KEY_LEN];	/* hash key */
 	bool		paused;
 	bool		limited;
-	/* the run-order key of the last job we claimed here: see claim_jobs */
-	bool		has_cursor;
+	/* what our claims learnt, while available_generation is known_generation */
+	uint64		known_generation;
+	TimestampTz head_scan_at;	/* when we last claimed from the head */
+	bool		has_cursor;		/* the run-order key of the last job we claimed */
 	int16		cursor_priority;
 	TimestampTz cursor_scheduled_at;
 	int64		cursor_id;
-	uint64		cursor_generation;	/* available_generation it is valid for */
-	TimestampTz head_scan_at;	/* when we last claimed from the head */
+	bool		exhausted;		/* nothing to claim after it (or at all) */
 } QueueEntry;
 
-#define HEAD_SCAN_MS 1000		/* claim from each queue's head at least this often */
+#define HEAD_SCAN_MS 10000		/* claim from each queue's head at least this often */
 
 typedef struct ClaimedJob
 {
@@ -373,7 +375,9 @@ load_queues(void)
 		q = hash_search(queues, name, HASH_ENTER, NULL);
 		q->paused = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
 		q->limited = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-		q->has_cursor = false;
+		q->known_generation = 0;
+		q->head_scan_at = 0;
+		q->has_cursor = q->exhausted = false;
 	}
 
 	unpaused = MemoryContextAlloc(kinds_cxt, sizeof(QueueEntry *) * Max(SPI_processed, 1));
@@ -545,10 +549,18 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 	int64		limit = capacity;
 	int			n = 0;
 	int64		locked = 0;
-	bool		after = q->has_cursor &&
-		q->cursor_generation == available_generation &&
-		!TimestampDifferenceExceeds(q->head_scan_at, claim_started_at, HEAD_SCAN_MS);
+	bool		after;
 	MemoryContext old;
+
+	if (q->known_generation != available_generation ||
+		TimestampDifferenceExceeds(q->head_scan_at, claim_started_at, HEAD_SCAN_MS))
+	{
+		q->known_generation = available_generation;
+		q->has_cursor = q->exhausted = false;
+	}
+	if (q->exhausted)
+		return 0;
+	after = q->has_cursor;
 
 	values[0] = Int64GetDatum((int64) my_claim);
 	values[1] = CStringGetTextDatum(q->name);
@@ -612,14 +624,48 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 	}
 	MemoryContextSwitchTo(old);
 
-	/* a full claim of every row it locked: the next one starts after it */
-	q->has_cursor = n == limit && locked == n;
 	if (!after)
-	{
 		q->head_scan_at = claim_started_at;
-		q->cursor_generation = available_generation;
+	if (locked == n)
+	{
+		/* claimed every row it locked: the next claim starts after them */
+		q->has_cursor |= n > 0;
+		q->exhausted = n < limit;
 	}
+	else
+		q->has_cursor = false;	/* left some: look from the head again */
 	return n;
+}
+
+/*
+ * jobq._claim(): the claim statement run once in the caller's transaction,
+ * for the isolation tests (EXECUTE is revoked from PUBLIC).
+ */
+PG_FUNCTION_INFO_V1(jobq_claim_sql);
+Datum
+jobq_claim_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		values[5];
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < 5; i++)
+		values[i] = PG_GETARG_DATUM(i);
+	SPI_connect();
+	if (jobq_execute_plan(jobq_prepare_transient(CLAIM.sql, CLAIM.nargs, (Oid *) CLAIM.types),
+						  values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not claim jobs of queue \"%s\"", text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		Datum		row[7];
+		bool		nulls[7];
+
+		for (int c = 0; c < 7; c++)
+			row[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1, &nulls[c]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, row, nulls);
+	}
+	SPI_finish();
+	return (Datum) 0;
 }
 
 /* How many jobs fit in one batch at the recent mean job duration. */
@@ -648,8 +694,10 @@ claim_capacity(void)
  * release), and every transaction that makes jobs available bumps the
  * database's available_generation at its commit: a cursor is used only
  * while the generation is the one read before its head claim's snapshot.
- * A claim that is not full, or left a locked row unclaimed, drops the
- * cursor; and every HEAD_SCAN_MS a claim starts from the head anyway.
+ * Likewise a queue a claim found exhausted is not looked at again (an idle
+ * worker's polls walk nothing).  A claim that left a locked row unclaimed
+ * drops the cursor; and every HEAD_SCAN_MS a claim starts from the head
+ * anyway (a row a user session held locked was skipped).
  */
 static int
 claim_jobs(ClaimedJob **jobs_out)
