@@ -9,7 +9,9 @@
  *	(enqueue)		-> scheduled | available		jobq._new_job (SQL)
  *	scheduled, retryable -> available			scheduler.c (when due)
  *	available		-> running					the claim (worker.c), attempt + 1
- *	running			-> completed				jobq_job_complete
+ *	running			-> completed				jobq_jobs_complete (a batch's
+ *												jobs, at its end), or
+ *												jobq_job_complete
  *	running			-> retryable | available | discarded
  *												jobq_job_fail (an error)
  *	running			-> discarded				jobq_job_give_up (jobq.give_up)
@@ -69,6 +71,27 @@ static const JobqStatement COMPLETE = {"complete",
 "   SET state = 'completed', finalized_at = clock_timestamp(), result = $3"
 THE_JOB,
 3, {INT8OID, INT8OID, JSONBOID}};
+
+/*
+ * The jobs of a batch whose handlers returned, completed in one statement
+ * before the batch commits: $1 the addresses of their rows as claimed
+ * (the claim's version), $2 their ids, $3 results, $4 when each handler
+ * returned; returns the positions (1-based) of those it completed.  A job
+ * whose row has moved since (its owner reassigned) is left to COMPLETE.
+ * Only the address can reach a row, so no statistics can change the plan:
+ * the id is compared as an expression (not a join key the primary key
+ * could serve), and the state 'running' comes as $6 (a constant would let
+ * the planner scan jobs_running, whose predicate it implies).
+ */
+static const JobqStatement COMPLETE_MANY = {"complete batch",
+"UPDATE jobq.jobs j"
+"   SET state = 'completed', finalized_at = d.at, result = d.result"
+"  FROM unnest($1::tid[], $2::int8[], $3::jsonb[], $4::timestamptz[])"
+"         WITH ORDINALITY AS d(tid, id, result, at, n)"
+" WHERE j.ctid = d.tid AND j.id + 0 = d.id"
+"   AND j.state = $6::jobq.job_state AND j.attempted_by = $5"
+" RETURNING d.n",
+6, {TIDARRAYOID, INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID, INT8OID, TEXTOID}};
 
 /*
  * $3: the retry delay in ms, computed by the worker (it knows the kind's
@@ -178,6 +201,7 @@ THE_JOB_UNLOCKED("l.attempted_by IS NOT DISTINCT FROM $2")
 2, {INT8OID, INT8OID}};
 
 static SPIPlanPtr complete_plan;
+static SPIPlanPtr complete_many_plan;
 static SPIPlanPtr fail_plan;
 static SPIPlanPtr give_up_plan;
 static SPIPlanPtr cancelled_plan;
@@ -186,7 +210,7 @@ static SPIPlanPtr release_plan;
 static SPIPlanPtr rescue_plan;
 
 const JobqStatement *const jobq_job_state_statements[] = {
-	&COMPLETE, &FAIL, &GIVE_UP, &CANCELLED, &SNOOZE, &RELEASE, &RESCUE, NULL
+	&COMPLETE, &COMPLETE_MANY, &FAIL, &GIVE_UP, &CANCELLED, &SNOOZE, &RELEASE, &RESCUE, NULL
 };
 
 static SPIPlanPtr
@@ -240,6 +264,52 @@ jobq_job_complete(int64 id, uint64 claim, Datum result, bool result_isnull)
 
 	return transition(plan(&complete_plan, &COMPLETE),
 					  values, nulls, SPI_OK_UPDATE, "complete a job") == 1;
+}
+
+/*
+ * Completes the n jobs of a batch whose handlers returned (see
+ * COMPLETE_MANY); sets completed[i] for each it completed.
+ */
+void
+jobq_jobs_complete(const ItemPointerData *tids, const int64 *ids, const Datum *results,
+				   const bool *result_nulls, const TimestampTz *ended_at, int n,
+				   uint64 claim, bool *completed)
+{
+	Datum	   *tid_datums = palloc(sizeof(Datum) * n);
+	Datum	   *id_datums = palloc(sizeof(Datum) * n);
+	Datum	   *at_datums = palloc(sizeof(Datum) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	Datum		values[6];
+	uint64		changed;
+
+	for (int i = 0; i < n; i++)
+	{
+		tid_datums[i] = PointerGetDatum(&tids[i]);
+		id_datums[i] = Int64GetDatum(ids[i]);
+		at_datums[i] = TimestampTzGetDatum(ended_at[i]);
+		completed[i] = false;
+	}
+	values[0] = PointerGetDatum(construct_array(tid_datums, n, TIDOID, sizeof(ItemPointerData),
+												false, TYPALIGN_SHORT));
+	values[1] = PointerGetDatum(construct_array(id_datums, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[2] = PointerGetDatum(construct_md_array((Datum *) results, (bool *) result_nulls,
+												   1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(at_datums, n, TIMESTAMPTZOID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[4] = Int64GetDatum((int64) claim);
+	values[5] = CStringGetTextDatum("running");
+	changed = transition(plan(&complete_many_plan, &COMPLETE_MANY), values, NULL,
+						 SPI_OK_UPDATE_RETURNING, "complete the jobs of a batch");
+	for (uint64 r = 0; r < changed; r++)
+	{
+		bool		isnull;
+		int64		pos = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		completed[pos - 1] = true;
+	}
 }
 
 JobqEnd

@@ -65,6 +65,7 @@
 #include "nodes/nodes.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
+#include "storage/itemptr.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
@@ -322,6 +323,10 @@ typedef enum JobqEnd
 	JOBQ_NUM_ENDS
 } JobqEnd;
 extern bool jobq_job_complete(int64 id, uint64 claim, Datum result, bool result_isnull);
+extern void jobq_jobs_complete(const ItemPointerData *tids, const int64 *ids,
+							   const Datum *results, const bool *result_nulls,
+							   const TimestampTz *ended_at, int n, uint64 claim,
+							   bool *completed);
 extern JobqEnd jobq_job_fail(int64 id, uint64 claim, int64 delay_ms, ErrorData *edata);
 extern bool jobq_job_give_up(int64 id, uint64 claim, const char *reason);
 extern bool jobq_job_cancelled_by_handler(int64 id, uint64 claim);

@@ -125,6 +125,12 @@ typedef struct ClaimedJob
 	int32		attempt;
 	int32		max_attempts;
 	bool		alone;			/* procedure, or its previous worker died */
+	ItemPointerData tid;		/* its row as the claim left it */
+	/* set when its handler returned: completed at the end of the batch */
+	bool		completing;
+	Datum		result;			/* in batch_cxt */
+	bool		result_isnull;
+	TimestampTz ended_at;
 } ClaimedJob;
 
 /* What one transaction did, applied to counters and wake-ups at commit. */
@@ -214,9 +220,9 @@ static SPIPlanPtr load_queues_plan;
 "      FROM picked" \
 "     WHERE j.ctid = picked.tid" \
 "    RETURNING j.id, j.kind, j.args, j.owner, j.attempt, j.max_attempts," \
-"              j.priority, j.scheduled_at, picked.alone)" \
+"              j.priority, j.scheduled_at, picked.alone, j.ctid AS tid)" \
 "SELECT c.id, c.kind, c.args, c.owner::oid, c.attempt, c.max_attempts, c.alone," \
-"       c.priority, c.scheduled_at, (SELECT count(*) FROM locked) AS locked" \
+"       c.priority, c.scheduled_at, (SELECT count(*) FROM locked) AS locked, c.tid" \
 "  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id"
 
 static const JobqStatement CLAIM = {"claim",
@@ -614,6 +620,8 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		job->alone = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 11, &isnull)), &job->tid);
+		job->completing = false;
 		if (i == SPI_processed - 1)
 		{
 			q->cursor_priority = DatumGetInt16(SPI_getbinval(tup, desc, 8, &isnull));
@@ -1027,9 +1035,21 @@ stop_watching(void)
 	jobq_process_allow_cancel(false);
 }
 
+/* A copy of a jsonb (or any varlena) datum in cxt. */
+static Datum
+datum_into(MemoryContext cxt, Datum value)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Datum		copy = datumCopy(value, false, -1);
+
+	MemoryContextSwitchTo(old);
+	return copy;
+}
+
 /*
  * Runs one job in a subtransaction of the current transaction and records
- * its outcome there.  Never lets a handler's ERROR escape.
+ * its outcome there, or, when its handler returned, marks it for
+ * complete_batch.  Never lets a handler's ERROR escape.
  */
 static void
 run_job(ClaimedJob *job, BatchOutcome *outcome)
@@ -1113,14 +1133,15 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 		AtEOXact_GUC(false, gucs);
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 
-		if (jobq_job_complete(job->id, my_claim, result, result_isnull))
+		if (pg_atomic_read_u64(&me->cancel_job) != (uint64) job->id)
 		{
+			/* completed with the others at the end of the batch */
 			ReleaseCurrentSubTransaction();
-			outcome->done++;
-			outcome->finished = true;
-			if (jobq_log_jobs)
-				ereport(LOG,
-						(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" completed", job->id, job->kind)));
+			job->completing = true;
+			job->result_isnull = result_isnull;
+			job->result = result_isnull ? (Datum) 0 :
+				datum_into(batch_cxt, result);
+			job->ended_at = GetCurrentTimestamp();
 		}
 		else
 		{
@@ -1187,6 +1208,63 @@ apply_outcome(BatchOutcome *outcome)
 }
 
 /*
+ * Completes the jobs of this batch transaction (jobs[0..n)) whose handlers
+ * returned, in one statement; a job whose row moved since the claim, one
+ * by one.  A job that is no longer running was cancelled after its handler
+ * returned, by a cancel the worker had not heard of: its effects must not
+ * commit, and they can no longer be separated from the others', so the
+ * batch fails and every job of it is given back as never started.
+ */
+static void
+complete_batch(ClaimedJob *jobs, int n, BatchOutcome *outcome)
+{
+	ItemPointerData *tids = palloc(sizeof(ItemPointerData) * n);
+	int64	   *ids = palloc(sizeof(int64) * n);
+	Datum	   *results = palloc(sizeof(Datum) * n);
+	bool	   *nulls = palloc(sizeof(bool) * n);
+	TimestampTz *ended_at = palloc(sizeof(TimestampTz) * n);
+	bool	   *completed = palloc(sizeof(bool) * n);
+	ClaimedJob **completing = palloc(sizeof(ClaimedJob *) * n);
+	int			m = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (!jobs[i].completing)
+			continue;
+		completing[m] = &jobs[i];
+		tids[m] = jobs[i].tid;
+		ids[m] = jobs[i].id;
+		results[m] = jobs[i].result;
+		nulls[m] = jobs[i].result_isnull;
+		ended_at[m] = jobs[i].ended_at;
+		m++;
+	}
+	if (m == 0)
+		return;
+	jobq_jobs_complete(tids, ids, results, nulls, ended_at, m, my_claim, completed);
+	for (int i = 0; i < m; i++)
+	{
+		ClaimedJob *job = completing[i];
+
+		if (!completed[i] &&
+			!jobq_job_complete(job->id, my_claim, job->result, job->result_isnull))
+		{
+			batch_started = batch_committed;
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("jobq job " INT64_FORMAT " of kind \"%s\" was cancelled after its handler returned",
+							job->id, job->kind),
+					 errdetail("The effects of its batch are rolled back; its other jobs run again.")));
+		}
+		if (jobq_log_jobs)
+			ereport(LOG,
+					(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" completed", job->id, job->kind)));
+	}
+	outcome->done += m;
+	outcome->finished = true;
+}
+
+/*
  * Runs the claimed jobs (batch_jobs), committing per batch_size/batch_time
  * or alone job.
  */
@@ -1199,6 +1277,7 @@ run_jobs(ClaimedJob *jobs, int n)
 	{
 		TimestampTz start = GetCurrentTimestamp();
 		BatchOutcome outcome;
+		int			first = i;
 		int			count = 0;
 
 		memset(&outcome, 0, sizeof(outcome));
@@ -1220,6 +1299,7 @@ run_jobs(ClaimedJob *jobs, int n)
 				break;
 			CommandCounterIncrement();	/* the next job sees this one's effects */
 		}
+		complete_batch(jobs + first, count, &outcome);
 		if (jobq_debug_fail_batch)
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),
