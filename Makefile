@@ -44,3 +44,7 @@ PROVE_FLAGS = -I test
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# every module includes the shared header: a change to it (a shared-memory
+# struct, say) must rebuild them all, or they disagree on its layout
+$(OBJS): src/jobq.h

@@ -147,7 +147,7 @@ THE_JOB
  * job's row by address as in THE_JOB, locked, or no row if a user session
  * holds it (no wait: the caller comes back to it).
  */
-#define THE_JOB_UNLOCKED(claim_test) \
+#define THE_JOB_SKIP_LOCKED(claim_test) \
 "  FROM (SELECT l.ctid AS tid FROM jobq.jobs l" \
 "         WHERE l.ctid = (SELECT ctid FROM jobq.jobs WHERE id = $1)" \
 "           AND l.id = $1 AND l.state = 'running' AND " claim_test \
@@ -178,7 +178,7 @@ static const JobqStatement RELEASE = {"release job of failed batch",
 "                         'attempt', j.attempt, 'at', now_.at,"
 "                         'message', $4::text, 'sqlstate', $5::text,"
 "                         'batch', true)) END"
-THE_JOB_UNLOCKED("l.attempted_by = $2")
+THE_JOB_SKIP_LOCKED("l.attempted_by = $2")
 " RETURNING j.state::text",
 5, {INT8OID, INT8OID, BOOLOID, TEXTOID, TEXTOID}};
 
@@ -196,7 +196,7 @@ static const JobqStatement RESCUE = {"rescue job",
 "           'attempt', j.attempt, 'at', now_.at,"
 "           'message', 'worker lost: the worker running this job exited or gave it up before the job ended',"
 "           'lost', true))"
-THE_JOB_UNLOCKED("l.attempted_by IS NOT DISTINCT FROM $2")
+THE_JOB_SKIP_LOCKED("l.attempted_by IS NOT DISTINCT FROM $2")
 " RETURNING j.state::text",
 2, {INT8OID, INT8OID}};
 
@@ -374,7 +374,7 @@ jobq_job_snooze(int64 id, uint64 claim, TimestampTz run_at)
  * Gives back the jobs of a batch whose transaction failed; counts what
  * they became into ends[] (indexed by JobqEnd).  A job not given back is
  * locked by a user session or has moved on.  One job at a time: see
- * THE_JOB_UNLOCKED.
+ * THE_JOB_SKIP_LOCKED.
  */
 void
 jobq_jobs_release(int64 *ids, bool *started, int n, uint64 claim,

@@ -52,6 +52,9 @@
  *	- JobqDatabase.leader, leader_latch, leader_key and leader_key_used are
  *	  written by the candidates under JobqShared->lock held exclusively
  *	  (and reset by the launcher, under it too, when it assigns the slot).
+ *	- JobqDatabase.available_generation is an atomic: every backend that
+ *	  commits a transaction that made jobs available increments it; the
+ *	  database's workers read it.
  *
  *-------------------------------------------------------------------------
  */
