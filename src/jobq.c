@@ -25,10 +25,15 @@ void		_PG_init(void);
 void
 _PG_init(void)
 {
-	jobq_guc_define();
-
+	/*
+	 * Loaded any other way (CREATE EXTENSION, a restore creating its C
+	 * functions) jobq only says it needs preloading: defining its
+	 * postmaster-level settings after startup would be FATAL for the session.
+	 */
 	if (!process_shared_preload_libraries_in_progress)
 		return;
+
+	jobq_guc_define();
 
 	jobq_preloaded = true;
 	jobq_shmem_hooks_install();
