@@ -122,6 +122,25 @@ SELECT jobq.unregister('noop');
 SELECT count(*) FROM jobq.handlers WHERE kind = 'noop';
 SELECT jobq.register('noop', 'app.noop(jsonb)');
 SELECT kind, handler FROM jobq.handlers WHERE kind = 'noop';
+-- a registered handler cannot be dropped, not even by a cascade
+CREATE SCHEMA drop_me;
+CREATE FUNCTION drop_me.handler(args jsonb) RETURNS void LANGUAGE sql AS '';
+SELECT jobq.register('droppable', 'drop_me.handler(jsonb)', max_attempts => 1);
+DROP FUNCTION drop_me.handler(jsonb);
+DROP SCHEMA drop_me CASCADE;
+-- kinds follow their handler by name: renamed away, its jobs find none
+ALTER FUNCTION drop_me.handler(jsonb) RENAME TO renamed;
+SELECT jobq.enqueue('droppable', '{}') AS renamed_job \gset
+SELECT app.await_state(:renamed_job, 'discarded', 1);
+SELECT errors->0->>'message' AS message, errors->0->>'detail' AS detail
+  FROM jobq.jobs WHERE id = :renamed_job;
+-- renamed back, it is found again
+ALTER FUNCTION drop_me.renamed(jsonb) RENAME TO handler;
+SELECT jobq.enqueue('droppable', '{}') AS back_job \gset
+SELECT app.await_state(:back_job, 'completed', 1);
+-- once unregistered, it may go
+SELECT jobq.unregister('droppable');
+DROP SCHEMA drop_me CASCADE;
 -- handlers of every accepted shape: jsonb, void, a scalar, a procedure
 SELECT jobq.register('answer', 'app.answer(jsonb)');
 SELECT jobq.register('effect', 'app.effect(jsonb)');

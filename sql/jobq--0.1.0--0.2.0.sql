@@ -386,7 +386,8 @@ BEGIN
 	END IF;
 	INSERT INTO jobq.handlers AS h (kind, handler, queue, max_attempts, timeout,
 									priority, backoff_max, owner)
-	VALUES (kind, handler, queue, max_attempts, timeout, priority, backoff_max, caller)
+	VALUES (kind, (pg_identify_object('pg_proc'::regclass, handler, 0)).identity,
+			queue, max_attempts, timeout, priority, backoff_max, caller)
 	ON CONFLICT (kind) DO UPDATE
 	   SET handler = excluded.handler, queue = excluded.queue,
 		   max_attempts = excluded.max_attempts, timeout = excluded.timeout,
@@ -745,3 +746,49 @@ REVOKE ALL ON FUNCTION jobq._hot_path_plans() FROM PUBLIC;
  */
 ALTER TABLE jobq.jobs DROP CONSTRAINT jobs_max_attempts_check,
 					  DROP CONSTRAINT jobs_priority_check;
+
+/* ---------------------------------------------------------------------
+ * Handlers by signature (issue 11)
+ * --------------------------------------------------------------------- */
+
+/*
+ * A regprocedure column makes pg_upgrade refuse the cluster (function OIDs
+ * are not preserved).  The handler is its function's qualified signature,
+ * as pg_identify_object() spells it; the workers resolve it by that name, so
+ * a function dropped and created again, a restore and pg_upgrade all find
+ * it.  A handler that no longer exists keeps a name that resolves to
+ * nothing.
+ */
+ALTER TABLE jobq.handlers ALTER COLUMN handler TYPE text
+	USING coalesce((pg_catalog.pg_identify_object('pg_catalog.pg_proc'::pg_catalog.regclass,
+												   handler::pg_catalog.oid, 0)).identity,
+				   pg_catalog.format('jobq.%I(pg_catalog.jsonb)', 'dropped function ' || handler::pg_catalog.oid));
+COMMENT ON COLUMN jobq.handlers.handler IS
+	'The handler''s qualified signature; resolved by name when the kind''s jobs run';
+
+/*
+ * A registered handler cannot be dropped (as a function a view uses
+ * cannot): its kind's jobs would fail and be discarded.  This sees every
+ * drop, cascaded ones included.
+ */
+CREATE FUNCTION jobq._refuse_handler_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	k text;
+	f text;
+BEGIN
+	SELECT h.kind, h.handler INTO k, f
+	  FROM pg_event_trigger_dropped_objects() d
+	  JOIN jobq.handlers h ON h.handler = d.object_identity
+	 WHERE d.classid = 'pg_proc'::regclass
+	 ORDER BY h.kind
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot drop function % because it is the handler of job kind "%"', f, k
+			USING ERRCODE = 'dependent_objects_still_exist',
+				  HINT = format('Unregister the kind first (jobq.unregister(%L)), or change the function with CREATE OR REPLACE.', k);
+	END IF;
+END $$;
+REVOKE ALL ON FUNCTION jobq._refuse_handler_drop() FROM PUBLIC;
+CREATE EVENT TRIGGER jobq_refuse_handler_drop ON sql_drop
+	EXECUTE FUNCTION jobq._refuse_handler_drop();

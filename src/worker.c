@@ -84,7 +84,8 @@
 typedef struct KindEntry
 {
 	char		kind[KIND_KEY_LEN]; /* hash key */
-	Oid			handler;
+	Oid			handler;		/* InvalidOid: its signature resolves to nothing */
+	char	   *signature;		/* jobq.handlers.handler, in kinds_cxt */
 	int64		timeout_ms;
 	int64		backoff_max_ms; /* -1: no cap */
 	bool		is_procedure;
@@ -267,12 +268,13 @@ const JobqStatement *const jobq_worker_statements[] = {
 	&CLAIM, &CLAIM_AFTER, &QUEUES_WITH_JOBS, &LOCK_QUEUE, &COUNT_RUNNING, NULL
 };
 
+/* handler is text, or regprocedure in a schema not yet updated from 0.1.0 */
 static const char *LOAD_KINDS_SQL =
-"SELECT h.kind, h.handler::oid,"
+"SELECT h.kind, p.oid,"
 "       (extract(epoch FROM h.timeout) * 1000)::int8,"
 "       (extract(epoch FROM h.backoff_max) * 1000)::int8,"
-"       coalesce(p.prokind = 'p', false)"
-"  FROM jobq.handlers h LEFT JOIN pg_proc p ON p.oid = h.handler";
+"       coalesce(p.prokind = 'p', false), h.handler"
+"  FROM jobq.handlers h LEFT JOIN pg_proc p ON p.oid = to_regprocedure(h.handler::text)";
 
 static const char *LOAD_QUEUES_SQL =
 "SELECT name, paused, concurrency IS NOT NULL FROM jobq.queues";
@@ -343,6 +345,9 @@ load_kinds(void)
 			continue;			/* cannot happen: a CHECK bounds the length */
 		k = hash_search(kinds, kind, HASH_ENTER, NULL);
 		k->handler = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		if (isnull)
+			k->handler = InvalidOid;
+		k->signature = MemoryContextStrdup(kinds_cxt, SPI_getvalue(tup, desc, 6));
 		k->timeout_ms = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 		backoff = SPI_getbinval(tup, desc, 4, &isnull);
 		k->backoff_max_ms = isnull ? -1 : DatumGetInt64(backoff);
@@ -472,7 +477,8 @@ resolve_handler(KindEntry *k)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("the handler of job kind \"%s\" no longer exists", k->kind),
-				 errhint("Register the kind again with jobq.register().")));
+				 errdetail("No function %s exists.", k->signature),
+				 errhint("Create the function again, or register the kind with another handler.")));
 	proc = (Form_pg_proc) GETSTRUCT(tp);
 	k->is_procedure = proc->prokind == PROKIND_PROCEDURE;
 	k->rettype = proc->prorettype;

@@ -291,7 +291,7 @@ refused('squatter', q{SELECT jobq.register('victim_kind', 'squat.order_changed(j
 	'42501', "1e: squatter cannot re-register victim's kind");
 refused('squatter', q{SELECT jobq.unregister('victim_kind')},
 	'42501', "1e: squatter cannot unregister victim's kind");
-is( query(q{SELECT handler::oid = 'vict.handle(jsonb)'::regprocedure::oid, pg_get_userbyid(owner::oid)
+is( query(q{SELECT to_regprocedure(handler) = 'vict.handle(jsonb)'::regprocedure, pg_get_userbyid(owner::oid)
 		  FROM jobq.handlers WHERE kind = 'victim_kind'}),
 	't|victim', "1e: victim's kind is unchanged");
 refused('victim', q{SELECT jobq.grant('kind', 'order_changed', 'victim')},
