@@ -11,8 +11,10 @@
  * runs as the role that enqueues: when the kind's owner does not have that
  * role's privileges, it would gain them through its handler, so such an
  * enqueue also needs a grant made by a role that does have them (a
- * superuser, typically).  jobq.grants holds the grants; grantee 0 is
- * PUBLIC.  No reg* column: pg_upgrade refuses tables with them.
+ * superuser, typically).  jobq.grants holds the grants; grantee 0 ('-')
+ * is PUBLIC.  Roles are regrole, as in the other tables: a dump names them
+ * (a restore into another cluster finds the same roles, not whatever has
+ * the OID there), and pg_upgrade accepts regrole (it keeps role OIDs).
  *
  * As in 0.1.0, internal helpers called only by internal functions (which
  * pin search_path, and are not executable by PUBLIC) have no SET clause of
@@ -22,8 +24,8 @@
 CREATE TABLE jobq.grants (
 	object_type text NOT NULL CHECK (object_type IN ('kind', 'queue')),
 	object_name text NOT NULL,
-	grantee		oid NOT NULL,
-	granted_by	oid NOT NULL,
+	grantee		regrole NOT NULL,
+	granted_by	regrole NOT NULL,
 	granted_at	timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (object_type, object_name, grantee)
 );
@@ -792,3 +794,10 @@ END $$;
 REVOKE ALL ON FUNCTION jobq._refuse_handler_drop() FROM PUBLIC;
 CREATE EVENT TRIGGER jobq_refuse_handler_drop ON sql_drop
 	EXECUTE FUNCTION jobq._refuse_handler_drop();
+
+/*
+ * pg_dump reads the sequence behind job ids: without this a database
+ * owner's dump fails, and a dump that skips it restores a sequence behind
+ * the ids it restores.  (Its value tells no more than the ids do.)
+ */
+GRANT SELECT ON SEQUENCE jobq.jobs_id_seq TO pg_database_owner;

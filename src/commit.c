@@ -44,6 +44,8 @@ typedef struct PendingActions
 	bool		recheck_database;
 	bool		probe_database;
 	bool		rescan_databases;
+	Oid			off_database;	/* ALTER DATABASE ... jobq.enabled: which, */
+	bool		off;			/* and whether it is now off */
 	int			release_database;	/* db_index held by ddl.c, or -1 */
 } PendingActions;
 
@@ -104,10 +106,16 @@ run_pending_actions(void)
 
 	signal_cancelled_jobs();
 
-	if (pending.probe_database || pending.rescan_databases || pending.recheck_database)
+	if (pending.probe_database || pending.rescan_databases || pending.recheck_database ||
+		OidIsValid(pending.off_database))
 	{
 		LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
 		JobqShared->rescan_requested = true;
+		for (int d = 0; d < JobqShared->max_databases; d++)
+			if (OidIsValid(pending.off_database) &&
+				JobqShared->databases[d].state != JOBQ_DB_FREE &&
+				JobqShared->databases[d].dboid == pending.off_database)
+				JobqShared->databases[d].off = pending.off;
 		if (pending.probe_database || pending.recheck_database)
 		{
 			for (int d = 0; d < JobqShared->max_databases; d++)
@@ -241,6 +249,15 @@ jobq_at_commit_probe_database(void)
 {
 	ensure_callback();
 	pending.probe_database = true;
+}
+
+/* Publishes a database's jobq.enabled, as the transaction leaves it. */
+void
+jobq_at_commit_set_database_off(Oid dboid, bool off)
+{
+	ensure_callback();
+	pending.off_database = dboid;
+	pending.off = off;
 }
 
 void

@@ -16,7 +16,9 @@
  * DROP EXTENSION jobq (or DROP SCHEMA jobq) holds the database's processes
  * the same way: it would otherwise wait for the running jobs to end, with
  * every enqueue queued behind it.  CREATE EXTENSION jobq and a drop of
- * jobq make the launcher look at the database again, at commit.  (Should
+ * jobq make the launcher look at the database again, at commit; ALTER
+ * DATABASE ... SET / RESET jobq.enabled tells it the database's new
+ * setting, read back from the catalog.  (Should
  * DROP OWNED remove the extension, the processes notice at their next
  * cycle.)  DROP ROLE, REASSIGN OWNED and DROP OWNED also concern the
  * roles owning jobq objects: see roles.c.
@@ -25,6 +27,7 @@
  */
 #include "jobq.h"
 
+#include "access/xact.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "miscadmin.h"
@@ -200,6 +203,20 @@ note_effects(Node *parsetree)
 			break;
 		case T_CreatedbStmt:
 			jobq_at_commit_rescan_databases();
+			break;
+		case T_AlterDatabaseSetStmt:
+			{
+				AlterDatabaseSetStmt *stmt = (AlterDatabaseSetStmt *) parsetree;
+				Oid			dboid = get_database_oid(stmt->dbname, false);
+
+				/* RESET ALL has no name */
+				if (stmt->setstmt->name == NULL ||
+					pg_strcasecmp(stmt->setstmt->name, "jobq.enabled") == 0)
+				{
+					CommandCounterIncrement();
+					jobq_at_commit_set_database_off(dboid, jobq_database_off(dboid));
+				}
+			}
 			break;
 		default:
 			break;

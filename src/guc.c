@@ -5,14 +5,23 @@
  *	  context, in README.md's settings table.
  *
  * Sizing is PGC_POSTMASTER (shared memory depends on it); timings and the
- * worker count are PGC_SIGHUP so that a reload changes running processes.
+ * worker count are PGC_SIGHUP so that a reload changes running processes;
+ * jobq.enabled is PGC_SUSET, to be set per database.
  *
  *-------------------------------------------------------------------------
  */
 #include "jobq.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_db_role_setting.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 
+bool		jobq_enabled = true;
 int			jobq_workers = 4;
 int			jobq_max_databases = 16;
 int			jobq_poll_interval_ms = 1000;
@@ -32,6 +41,20 @@ bool		jobq_debug_fail_batch = false;
 void
 jobq_guc_define(void)
 {
+	/*
+	 * Server-wide, the launcher reads it; per database (ALTER DATABASE ...
+	 * SET, hence SUSET), the database's probing candidate and the backend
+	 * that changes it read it from the catalog: jobq_database_off().
+	 */
+	DefineCustomBoolVariable("jobq.enabled",
+							 "Whether jobq runs its processes: server-wide, or in one database with ALTER DATABASE ... SET.",
+							 "Off, no job runs and nothing is rescued, scheduled or cleaned; jobs can still be enqueued.",
+							 &jobq_enabled,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	DefineCustomIntVariable("jobq.workers",
 							"Number of job worker processes per database.",
 							"Changes take effect on reload; workers above the new number leave between jobs.",
@@ -192,4 +215,56 @@ jobq_guc_define(void)
 							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("jobq");
+}
+
+/*
+ * Whether a database's own settings (ALTER DATABASE ... SET, not ALTER ROLE
+ * ... IN DATABASE) turn jobq.enabled off.  jobq's processes take the
+ * database's settings back when they connect (settings.c), and the
+ * launcher cannot read this catalog without a database: whoever is
+ * connected reads it here, in a transaction.
+ */
+bool
+jobq_database_off(Oid dboid)
+{
+	bool		off = false;
+	Relation	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
+	TableScanDesc scan = table_beginscan_catalog(rel, 0, NULL);
+	HeapTuple	tup;
+
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_db_role_setting setting = (Form_pg_db_role_setting) GETSTRUCT(tup);
+		Datum		config;
+		Datum	   *items;
+		bool	   *nulls;
+		bool		isnull;
+		int			n;
+
+		if (setting->setdatabase != dboid || OidIsValid(setting->setrole))
+			continue;
+		config = heap_getattr(tup, Anum_pg_db_role_setting_setconfig,
+							  RelationGetDescr(rel), &isnull);
+		if (isnull)
+			continue;
+		deconstruct_array(DatumGetArrayTypeP(config), TEXTOID, -1, false, TYPALIGN_INT,
+						  &items, &nulls, &n);
+		for (int i = 0; i < n; i++)
+		{
+			char	   *name;
+			char	   *value;
+			bool		enabled;
+
+			if (nulls[i])
+				continue;
+			ParseLongOption(TextDatumGetCString(items[i]), &name, &value);
+			/* the value was checked when it was set */
+			if (pg_strcasecmp(name, "jobq.enabled") == 0 && value != NULL &&
+				parse_bool(value, &enabled))
+				off = !enabled;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return off;
 }

@@ -52,6 +52,10 @@
  *	- JobqDatabase.leader, leader_latch, leader_key and leader_key_used are
  *	  written by the candidates under JobqShared->lock held exclusively
  *	  (and reset by the launcher, under it too, when it assigns the slot).
+ *	- JobqDatabase.off is written under JobqShared->lock held exclusively
+ *	  by the probing candidate (from the catalog) and by a backend that
+ *	  commits ALTER DATABASE ... SET/RESET jobq.enabled; the launcher reads
+ *	  it under the lock.
  *	- JobqDatabase.available_generation is an atomic: every backend that
  *	  commits a transaction that made jobs available increments it; the
  *	  database's workers read it.
@@ -158,6 +162,7 @@ typedef struct JobqDatabase
 	JobqDatabaseState state;
 	char		name[NAMEDATALEN];
 	pid_t		hold_pid;		/* backend keeping processes off (DROP DATABASE) */
+	bool		off;			/* ALTER DATABASE ... SET jobq.enabled = off */
 	int			leader;			/* candidate number holding leadership, or -1 */
 	Latch	   *leader_latch;
 	uint32		leader_key;		/* key2 of the leader lock of this election */
@@ -205,6 +210,8 @@ extern bool jobq_preloaded;
 extern void jobq_require_preload(void);
 
 /* guc.c: settings, documented in README.md */
+extern bool jobq_enabled;
+extern bool jobq_database_off(Oid dboid);
 extern int	jobq_workers;
 extern int	jobq_max_databases;
 extern int	jobq_poll_interval_ms;
@@ -253,6 +260,7 @@ extern void jobq_at_commit_jobs_finished(void);
 extern void jobq_at_commit_config_changed(void);
 extern void jobq_at_commit_cancel_running(int64 job_id);
 extern void jobq_at_commit_probe_database(void);
+extern void jobq_at_commit_set_database_off(Oid dboid, bool off);
 extern void jobq_at_commit_recheck_database(void);
 extern void jobq_at_commit_rescan_databases(void);
 extern void jobq_at_xact_end_release_database(int db_index);

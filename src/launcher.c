@@ -10,7 +10,9 @@
  * the extension is there (ACTIVE) or not (ABSENT).  CREATE EXTENSION moves
  * a database back to PROBING (ddl.c), and a process finding the extension
  * dropped marks it ABSENT.  The launcher never connects to a database
- * itself: it reads only the shared catalog pg_database.
+ * itself: it reads only the shared catalog pg_database.  jobq.enabled =
+ * off, the launcher's own (server-wide) or a database's (JobqDatabase.off),
+ * stops a database's processes and starts none until it is on again.
  *
  * Every process it starts has bgw_notify_pid set to the launcher, so the
  * postmaster wakes it at each start and exit.  An exit the launcher did
@@ -70,6 +72,7 @@ typedef struct DatabaseSeen
 static LaunchedProcess *launched;	/* [max_databases * slots_per_db] */
 static bool *database_gone;		/* [max_databases]: no longer in pg_database */
 static JobqDatabaseState *logged_state; /* [max_databases]: last state logged */
+static bool *logged_off;		/* [max_databases]: last jobq.enabled logged */
 static List *warned_full = NIL; /* OIDs warned about jobq.max_databases */
 
 void
@@ -219,6 +222,7 @@ scan_databases(void)
 		strlcpy(JobqShared->databases[free_slot].name, s->name, NAMEDATALEN);
 		JobqShared->databases[free_slot].state = JOBQ_DB_PROBING;
 		JobqShared->databases[free_slot].hold_pid = 0;
+		JobqShared->databases[free_slot].off = false;	/* until a process looks */
 		JobqShared->databases[free_slot].leader = -1;
 		JobqShared->databases[free_slot].leader_latch = NULL;
 		JobqShared->databases[free_slot].leader_key = 0;
@@ -354,7 +358,7 @@ manage_process(int d, JobqComponent *c, bool wanted, TimestampTz now)
 		else if (c->kind == JOBQ_WORKER && db->state == JOBQ_DB_ACTIVE &&
 				 db->hold_pid == 0 && !database_gone[d])
 		{
-			/* the pool shrank: let the worker leave between jobs */
+			/* the pool shrank or jobq is off: let the worker leave between jobs */
 			Latch	   *latch;
 
 			SpinLockAcquire(&c->mutex);
@@ -437,6 +441,23 @@ log_state_change(int d, JobqDatabaseState state, bool held)
 	(void) held;
 }
 
+/* Says when jobq.enabled turns a database's processes off or on. */
+static void
+log_off_change(int d, bool off)
+{
+	if (logged_off[d] == off)
+		return;
+	if (off)
+		ereport(LOG,
+				(errmsg("jobq stopping its processes in database \"%s\": jobq.enabled is off",
+						JobqShared->databases[d].name)));
+	else
+		ereport(LOG,
+				(errmsg("jobq running in database \"%s\" again: jobq.enabled is on",
+						JobqShared->databases[d].name)));
+	logged_off[d] = off;
+}
+
 static long
 manage_database(int d, TimestampTz now)
 {
@@ -446,14 +467,17 @@ manage_database(int d, TimestampTz now)
 	int			nworkers = 0;
 	int			ncandidates = 0;
 	bool		any_running = false;
+	bool		off;
 	long		timeout = -1;
 
 	LWLockAcquire(JobqShared->lock, LW_SHARED);
 	state = db->state;
 	hold_pid = db->hold_pid;
+	off = db->off || !jobq_enabled;
 	LWLockRelease(JobqShared->lock);
 	if (state == JOBQ_DB_FREE)
 		return -1;
+	log_off_change(d, off);
 
 	/* a backend that died while holding the database gave up its hold */
 	if (hold_pid != 0 && BackendPidGetProc(hold_pid) == NULL)
@@ -465,7 +489,7 @@ manage_database(int d, TimestampTz now)
 		hold_pid = 0;
 	}
 
-	if (hold_pid == 0 && !database_gone[d])
+	if (hold_pid == 0 && !database_gone[d] && !off)
 	{
 		if (state == JOBQ_DB_ACTIVE)
 		{
@@ -566,6 +590,7 @@ jobq_launcher_main(Datum main_arg)
 										   sizeof(bool) * JobqShared->max_databases);
 	logged_state = MemoryContextAllocZero(TopMemoryContext,
 										  sizeof(JobqDatabaseState) * JobqShared->max_databases);
+	logged_off = MemoryContextAllocZero(TopMemoryContext, sizeof(bool) * JobqShared->max_databases);
 	for (int d = 0; d < JobqShared->max_databases; d++)
 		logged_state[d] = JobqShared->databases[d].state;
 

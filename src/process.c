@@ -72,6 +72,7 @@ jobq_process_start(Datum main_arg, const char *app_name)
 	JobqComponent *me = jobq_component_by_slot(DatumGetInt32(main_arg));
 	Oid			dboid;
 	bool		present;
+	bool		off;
 
 	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 
@@ -91,14 +92,16 @@ jobq_process_start(Datum main_arg, const char *app_name)
 	StartTransactionCommand();
 	jobq_settings_pin();
 	present = jobq_extension_present();
+	off = jobq_database_off(MyDatabaseId);
 	CommitTransactionCommand();
 
 	LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
 	JobqShared->databases[me->db_index].state = present ? JOBQ_DB_ACTIVE : JOBQ_DB_ABSENT;
+	JobqShared->databases[me->db_index].off = off;
 	LWLockRelease(JobqShared->lock);
 	jobq_wake_launcher();
 
-	if (!present)
+	if (!present || off)
 		proc_exit(0);
 	return me;
 }

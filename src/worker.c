@@ -1382,7 +1382,7 @@ worker_exit_if_asked(void)
 	if (!stop)
 		return;
 	ereport(LOG,
-			(errmsg("jobq worker %d leaving database \"%s\": jobq.workers was lowered",
+			(errmsg("jobq worker %d leaving database \"%s\": jobq.workers was lowered or jobq.enabled turned off",
 					me->number, jobq_process_database())));
 	proc_exit(0);
 }
