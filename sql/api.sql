@@ -302,6 +302,17 @@ SELECT jobq.enqueue('echo', '{"n": 1}') AS id \gset
 SELECT jobq.wait(:id, '10 ms');
 SELECT kind, args, queue, priority, state, attempt, max_attempts
   FROM jobq.jobs WHERE id = :id;
+-- wait_result returns the state, result and last error: of a job still
+-- waiting at the timeout, of a completed job, of a failed one
+SELECT * FROM jobq.wait_result(:id, '10 ms');
+SELECT id AS held_id FROM jobq.jobs WHERE id = :id \gset
+SELECT jobq.enqueue('answer') AS answered_id, jobq.enqueue('fail', '{"why": "test"}') AS failed_id \gset
+SELECT * FROM jobq.wait_result(:answered_id, '60 s');
+SELECT state, result, error->>'message' AS message, error->>'attempt' AS attempt
+  FROM jobq.wait_result(:failed_id, '60 s');
+-- wait_any returns the jobs that are final once one is, none at the timeout
+SELECT id = :failed_id AS is_failed, state FROM jobq.wait_any(ARRAY[:held_id, :failed_id], '60 s');
+SELECT count(*) FROM jobq.wait_any(ARRAY[:held_id], '10 ms');
 -- every option overrides the handler's default
 SELECT jobq.create_queue('q_api2');
 SELECT jobq.pause('q_api2');

@@ -30,7 +30,7 @@ CREATE TABLE jobq.grants (
 	PRIMARY KEY (object_type, object_name, grantee)
 );
 COMMENT ON TABLE jobq.grants IS
-	'Who may use a kind or queue besides its owner''s members (grantee 0: PUBLIC)';
+	'Who may use a kind or queue besides its owner''s members (grantee 0, shown as -: PUBLIC)';
 REVOKE ALL ON jobq.grants FROM PUBLIC;
 GRANT SELECT ON jobq.grants TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('jobq.grants',
@@ -801,3 +801,25 @@ CREATE EVENT TRIGGER jobq_refuse_handler_drop ON sql_drop
  * the ids it restores.  (Its value tells no more than the ids do.)
  */
 GRANT SELECT ON SEQUENCE jobq.jobs_id_seq TO pg_database_owner;
+
+/* ---------------------------------------------------------------------
+ * Waiting (issue 11): a default timeout, the result with the state, any
+ * of several jobs; a waiting backend whose client left ends (src/api.c)
+ * --------------------------------------------------------------------- */
+
+CREATE OR REPLACE FUNCTION jobq.wait(id bigint, timeout interval DEFAULT '30 seconds')
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_wait';
+COMMENT ON FUNCTION jobq.wait(bigint, interval) IS
+	'Waits until a job is final or the timeout passes (default 30 s, NULL: none); returns its state';
+
+CREATE FUNCTION jobq.wait_result(id bigint, timeout interval DEFAULT '30 seconds',
+								 OUT state jobq.job_state, OUT result jsonb, OUT error jsonb)
+RETURNS record LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_wait_result';
+COMMENT ON FUNCTION jobq.wait_result(bigint, interval) IS
+	'Waits until a job is final or the timeout passes (default 30 s, NULL: none); returns its state, result and last error entry';
+
+CREATE FUNCTION jobq.wait_any(ids bigint[], timeout interval DEFAULT '30 seconds')
+RETURNS TABLE (id bigint, state jobq.job_state, result jsonb, error jsonb)
+LANGUAGE C ROWS 1 AS 'MODULE_PATHNAME', 'jobq_wait_any';
+COMMENT ON FUNCTION jobq.wait_any(bigint[], interval) IS
+	'Waits until one of the jobs is final or the timeout passes (default 30 s, NULL: none); returns the jobs that are final then (none at the timeout)';

@@ -25,10 +25,14 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_func.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -157,84 +161,283 @@ state_is_final(const char *state)
 }
 
 /*
- * jobq.wait(id, timeout): sleeps on a condition variable that is broadcast
- * whenever a transaction that made jobs final commits; after each wake-up
- * it looks at the job again, with a fresh snapshot, as the caller (so the
- * caller sees only jobs it may see).
+ * The waits: each sleeps on a condition variable that is broadcast whenever
+ * a transaction that made jobs final commits; after each wake-up it looks
+ * at the jobs again, with a fresh snapshot, as the caller (so the caller
+ * sees only jobs it may see).  While it sleeps it notices, every second,
+ * a client that went away (a waiting backend would otherwise live on until
+ * its timeout).
  */
-PG_FUNCTION_INFO_V1(jobq_wait);
+#define WAIT_LOOK_MS 1000		/* longest sleep between looks */
 
-Datum
-jobq_wait(PG_FUNCTION_ARGS)
+/* One look at the jobs waited for, as the caller sees them. */
+typedef struct WaitedJob
 {
-	int64		job_id;
-	long		timeout_ms;
-	TimestampTz deadline = 0;
-	Oid			argtypes[1] = {INT8OID};
-	SPIPlanPtr	plan;
-	Datum		values[1];
-	char	   *state = NULL;
-	Datum		result = (Datum) 0;
+	int64		id;
+	char	   *state;
+	Datum		result;
+	bool		result_isnull;
+	Datum		error;
+	bool		error_isnull;
+} WaitedJob;
 
-	jobq_require_preload();
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("job id must not be null")));
-	job_id = PG_GETARG_INT64(0);
-	timeout_ms = timeout_arg_ms(fcinfo, 1);
+/*
+ * Looks at the jobs ids[0..n-1]; fills jobs (in the order of ids) and
+ * returns how many are final.  Every id must exist; a job not yet final
+ * that the current transaction changed is an error (no worker can see it).
+ */
+static int
+look_at_jobs(SPIPlanPtr plan, const int64 *ids, int n, WaitedJob *jobs)
+{
+	Datum		values[1];
+	int			final = 0;
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (jobq_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up jobs");
+
+	for (int i = 0; i < n; i++)
+	{
+		bool		found = false;
+
+		for (uint64 r = 0; r < SPI_processed && !found; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+
+			if (DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)) != ids[i])
+				continue;
+			found = true;
+			jobs[i].id = ids[i];
+			jobs[i].state = SPI_getvalue(tup, desc, 2);
+			jobs[i].result = SPI_getbinval(tup, desc, 3, &jobs[i].result_isnull);
+			jobs[i].error = SPI_getbinval(tup, desc, 4, &jobs[i].error_isnull);
+			if (state_is_final(jobs[i].state))
+				final++;
+			else if (TransactionIdIsCurrentTransactionId(DatumGetTransactionId(SPI_getbinval(tup, desc, 5, &isnull))))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("cannot wait for job " INT64_FORMAT ": the current transaction has changed it", ids[i]),
+						 errdetail("Workers see the job only once this transaction commits.")));
+		}
+		if (!found)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("job " INT64_FORMAT " does not exist", ids[i])));
+	}
+	return final;
+}
+
+/*
+ * From libpq/libpq.h, which cannot be included here: it needs the GSSAPI
+ * headers, which a machine building extensions may not have.
+ */
+extern bool pq_check_connection(void);
+
+/* Ends the session if its client has gone: nobody waits for the answer. */
+static void
+leave_if_client_gone(void)
+{
+	if (whereToSendOutput == DestRemote && !pq_check_connection())
+	{
+		ClientConnectionLost = true;
+		InterruptPending = true;
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Waits until every job of ids (any: one of them) is final, or the timeout
+ * passes.  Call between SPI_connect and SPI_finish: the jobs' values stay
+ * in the SPI context.  Returns how many are final at the last look.
+ */
+static int
+wait_for_jobs(const int64 *ids, int n, bool any, long timeout_ms, WaitedJob *jobs)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	TimestampTz deadline = 0;
+	SPIPlanPtr	plan;
+	int			final;
+
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("jobq.wait() cannot be used in a REPEATABLE READ or SERIALIZABLE transaction"),
-				 errdetail("Its snapshot would never show the job finishing.")));
+				 errmsg("jobq cannot wait for jobs in a REPEATABLE READ or SERIALIZABLE transaction"),
+				 errdetail("Its snapshot would never show the jobs finishing.")));
 	if (timeout_ms >= 0)
 		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-
-	values[0] = Int64GetDatum(job_id);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	plan = jobq_prepare_transient("SELECT state::text, xmin FROM jobq.jobs WHERE id = $1", 1, argtypes);
-
+	plan = jobq_prepare_transient("SELECT j.id, j.state::text, j.result, j.errors -> -1, j.xmin"
+								  "  FROM jobq.jobs j WHERE j.id = ANY ($1)", 1, argtypes);
 	for (;;)
 	{
 		long		left;
 
 		ConditionVariablePrepareToSleep(&JobqShared->job_finished_cv);
-		if (jobq_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not look up job " INT64_FORMAT, job_id);
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("job " INT64_FORMAT " does not exist", job_id)));
-		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		if (state_is_final(state))
+		final = look_at_jobs(plan, ids, n, jobs);
+		if (final == n || (any && final > 0))
 			break;
-		{
-			bool		isnull;
-			TransactionId xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
-																	 SPI_tuptable->tupdesc, 2, &isnull));
-
-			if (TransactionIdIsCurrentTransactionId(xmin))
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("cannot wait for job " INT64_FORMAT ": the current transaction has changed it", job_id),
-						 errdetail("Workers see the job only once this transaction commits.")));
-		}
 		left = ms_left(deadline);
 		if (deadline != 0 && left <= 0)
 			break;
 		(void) ConditionVariableTimedSleep(&JobqShared->job_finished_cv,
-										   left < 0 ? 1000 : Min(left, 1000),
+										   left < 0 ? WAIT_LOOK_MS : Min(left, WAIT_LOOK_MS),
 										   PG_WAIT_EXTENSION);
 		CHECK_FOR_INTERRUPTS();
+		leave_if_client_gone();
 	}
 	ConditionVariableCancelSleep();
+	return final;
+}
 
-	result = DirectFunctionCall2(enum_in, CStringGetDatum(state),
-								 ObjectIdGetDatum(get_func_rettype(fcinfo->flinfo->fn_oid)));
+static int64
+job_id_arg(FunctionCallInfo fcinfo)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("job id must not be null")));
+	return PG_GETARG_INT64(0);
+}
+
+/* The values a wait returns, copied out of SPI into the caller's context. */
+static void
+waited_job_values(const WaitedJob *job, Oid state_type, MemoryContext cxt,
+				  Datum *values, bool *nulls)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	values[0] = Int64GetDatum(job->id);
+	nulls[0] = false;
+	values[1] = DirectFunctionCall2(enum_in, CStringGetDatum(job->state),
+									ObjectIdGetDatum(state_type));
+	nulls[1] = false;
+	values[2] = job->result_isnull ? (Datum) 0 : datumCopy(job->result, false, -1);
+	nulls[2] = job->result_isnull;
+	values[3] = job->error_isnull ? (Datum) 0 : datumCopy(job->error, false, -1);
+	nulls[3] = job->error_isnull;
+	MemoryContextSwitchTo(old);
+}
+
+PG_FUNCTION_INFO_V1(jobq_wait);
+
+/* jobq.wait(id, timeout): the job's state once final, or at the timeout. */
+Datum
+jobq_wait(PG_FUNCTION_ARGS)
+{
+	int64		id;
+	long		timeout_ms;
+	WaitedJob	job;
+	Datum		state;
+
+	jobq_require_preload();
+	id = job_id_arg(fcinfo);
+	timeout_ms = timeout_arg_ms(fcinfo, 1);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	(void) wait_for_jobs(&id, 1, false, timeout_ms, &job);
+	state = DirectFunctionCall2(enum_in, CStringGetDatum(job.state),
+								ObjectIdGetDatum(get_func_rettype(fcinfo->flinfo->fn_oid)));
 	SPI_finish();
-	PG_RETURN_DATUM(result);
+	PG_RETURN_DATUM(state);
+}
+
+PG_FUNCTION_INFO_V1(jobq_wait_result);
+
+/* jobq.wait_result(id, timeout): (state, result, error) of the job. */
+Datum
+jobq_wait_result(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	int64		id;
+	long		timeout_ms;
+	WaitedJob	job;
+	TupleDesc	desc;
+	Datum		values[4];
+	bool		nulls[4];
+
+	jobq_require_preload();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "jobq.wait_result() must return a record");
+	desc = BlessTupleDesc(desc);
+	id = job_id_arg(fcinfo);
+	timeout_ms = timeout_arg_ms(fcinfo, 1);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	(void) wait_for_jobs(&id, 1, false, timeout_ms, &job);
+	waited_job_values(&job, TupleDescAttr(desc, 0)->atttypid, caller_cxt, values, nulls);
+	SPI_finish();
+	/* without the id */
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values + 1, nulls + 1)));
+}
+
+PG_FUNCTION_INFO_V1(jobq_wait_any);
+
+/*
+ * jobq.wait_any(ids, timeout): once one of the jobs is final, the rows of
+ * those that are; none at the timeout.
+ */
+Datum
+jobq_wait_any(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ArrayType  *array;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			n;
+	int64	   *ids;
+	WaitedJob  *jobs;
+	long		timeout_ms;
+	Oid			state_type;
+
+	jobq_require_preload();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("job ids must not be null")));
+	array = PG_GETARG_ARRAYTYPE_P(0);
+	deconstruct_array(array, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &elem_nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("job ids must not be empty")));
+	ids = palloc(sizeof(int64) * n);
+	for (int i = 0; i < n; i++)
+	{
+		if (elem_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("job ids must not contain null")));
+		ids[i] = DatumGetInt64(elems[i]);
+	}
+	timeout_ms = timeout_arg_ms(fcinfo, 1);
+	InitMaterializedSRF(fcinfo, 0);
+	state_type = TupleDescAttr(rsinfo->setDesc, 1)->atttypid;
+
+	jobs = palloc(sizeof(WaitedJob) * n);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (wait_for_jobs(ids, n, true, timeout_ms, jobs) > 0)
+	{
+		for (int i = 0; i < n; i++)
+		{
+			Datum		values[4];
+			bool		nulls[4];
+
+			if (!state_is_final(jobs[i].state))
+				continue;
+			waited_job_values(&jobs[i], state_type, rsinfo->econtext->ecxt_per_query_memory,
+							  values, nulls);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	SPI_finish();
+	return (Datum) 0;
 }
 
 /*

@@ -195,7 +195,10 @@ note_effects(Node *parsetree)
 	{
 		case T_CreateExtensionStmt:
 			if (strcmp(((CreateExtensionStmt *) parsetree)->extname, "jobq") == 0)
+			{
 				jobq_at_commit_probe_database();
+				jobq_warn_if_slots_short();
+			}
 			break;
 		case T_DropStmt:
 			if (drops_jobq(parsetree))

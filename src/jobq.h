@@ -275,6 +275,8 @@ extern void jobq_roles_after_utility(Node *parsetree);
 
 /* launcher.c */
 extern void jobq_launcher_register(void);
+extern int	jobq_slots_needed(int databases);
+extern void jobq_warn_if_slots_short(void);
 PGDLLEXPORT void jobq_launcher_main(Datum main_arg) pg_attribute_noreturn();
 
 /* process.c: what every jobq process does */

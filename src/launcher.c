@@ -52,6 +52,7 @@
 #include "utils/timestamp.h"
 
 #define RESCAN_INTERVAL_MS	60000	/* look at pg_database without being asked */
+#define NO_SLOT_RETRY_MS	1000	/* look for a free worker slot this often */
 
 /* Launcher-local bookkeeping for one component slot. */
 typedef struct LaunchedProcess
@@ -61,7 +62,18 @@ typedef struct LaunchedProcess
 	TimestampTz next_start;		/* do not start before this */
 	int			failures;		/* consecutive early exits or failed starts */
 	bool		terminating;	/* TerminateBackgroundWorker() sent */
+	bool		no_slot;		/* wanted, but its last start found no free slot */
 } LaunchedProcess;
+
+/* What one database should run now (plan_database). */
+typedef struct DatabasePlan
+{
+	bool		in_use;
+	bool		active;			/* jobq is installed and may run there */
+	int			nworkers;
+	int			ncandidates;
+	bool		any_running;
+} DatabasePlan;
 
 typedef struct DatabaseSeen
 {
@@ -73,6 +85,8 @@ static LaunchedProcess *launched;	/* [max_databases * slots_per_db] */
 static bool *database_gone;		/* [max_databases]: no longer in pg_database */
 static JobqDatabaseState *logged_state; /* [max_databases]: last state logged */
 static bool *logged_off;		/* [max_databases]: last jobq.enabled logged */
+static DatabasePlan *plans;		/* [max_databases] */
+static int	warned_needed = 0;	/* slots needed when last warned, or 0 */
 static List *warned_full = NIL; /* OIDs warned about jobq.max_databases */
 
 void
@@ -236,6 +250,49 @@ scan_databases(void)
 	MemoryContextDelete(cxt);
 }
 
+static void
+warn_short(int needed, int databases)
+{
+	ereport(WARNING,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("jobq needs %d background worker slots for %d databases, but max_worker_processes is %d",
+					needed, databases, max_worker_processes),
+			 errdetail("The slots are shared out fairly: each database gets a leader and a worker before any gets more."),
+			 errhint("Raise max_worker_processes: jobq needs 1 + (jobq.workers + %d) per database, besides other background workers.",
+					 JOBQ_CANDIDATES)));
+}
+
+/* Background worker slots jobq wants for this many databases. */
+int
+jobq_slots_needed(int databases)
+{
+	return 1 + databases * (Min(jobq_workers, max_worker_processes) + JOBQ_CANDIDATES);
+}
+
+/*
+ * At CREATE EXTENSION jobq: tells the user at once when the databases that
+ * run jobq, this one included, want more slots than there are.
+ */
+void
+jobq_warn_if_slots_short(void)
+{
+	int			databases = 1;
+	int			needed;
+
+	LWLockAcquire(JobqShared->lock, LW_SHARED);
+	for (int d = 0; d < JobqShared->max_databases; d++)
+	{
+		JobqDatabase *db = &JobqShared->databases[d];
+
+		if (db->state == JOBQ_DB_ACTIVE && !db->off && db->dboid != MyDatabaseId)
+			databases++;
+	}
+	LWLockRelease(JobqShared->lock);
+	needed = jobq_slots_needed(databases);
+	if (needed > max_worker_processes)
+		warn_short(needed, databases);
+}
+
 static bool
 start_process(int d, JobqComponent *c, LaunchedProcess *p)
 {
@@ -377,7 +434,10 @@ manage_process(int d, JobqComponent *c, bool wanted, TimestampTz now)
 	}
 
 	if (!wanted)
+	{
+		p->no_slot = false;
 		return -1;
+	}
 
 	/* a process of an earlier launcher still has the slot */
 	SpinLockAcquire(&c->mutex);
@@ -393,23 +453,31 @@ manage_process(int d, JobqComponent *c, bool wanted, TimestampTz now)
 	{
 		p->started_at = now;
 		p->terminating = false;
+		p->no_slot = false;
 		return -1;
 	}
 
+	/*
+	 * Looking for a free slot costs little: look every second, so that a
+	 * slot another process gives up is taken at once.  Say so once.
+	 */
 	p->handle = NULL;
-	p->failures++;
-	p->next_start = TimestampTzPlusMilliseconds(now, jobq_restart_backoff_ms(p->failures));
-	jobq_component_error(c, psprintf("no free background worker slot (max_worker_processes = %d)",
-									 max_worker_processes));
-	jobq_component_set_state(c, JOBQ_BACKOFF);
-	ereport(WARNING,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("jobq could not start %s %d for database \"%s\": no free background worker slot",
-					process_kind_name(c->kind), c->number, db->name),
-			 errdetail("Retrying in %d ms.", jobq_restart_backoff_ms(p->failures)),
-			 errhint("Raise max_worker_processes (now %d): jobq needs 1 + (jobq.workers + %d) per database, besides other background workers.",
-					 max_worker_processes, JOBQ_CANDIDATES)));
-	return jobq_restart_backoff_ms(p->failures);
+	p->next_start = TimestampTzPlusMilliseconds(now, NO_SLOT_RETRY_MS);
+	if (!p->no_slot)
+	{
+		p->no_slot = true;
+		jobq_component_error(c, psprintf("no free background worker slot (max_worker_processes = %d)",
+										 max_worker_processes));
+		jobq_component_set_state(c, JOBQ_BACKOFF);
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("jobq could not start %s %d for database \"%s\": no free background worker slot",
+						process_kind_name(c->kind), c->number, db->name),
+				 errdetail("Trying again every %d ms.", NO_SLOT_RETRY_MS),
+				 errhint("Raise max_worker_processes (now %d): jobq needs 1 + (jobq.workers + %d) per database, besides other background workers.",
+						 max_worker_processes, JOBQ_CANDIDATES)));
+	}
+	return NO_SLOT_RETRY_MS;
 }
 
 static long
@@ -458,15 +526,17 @@ log_off_change(int d, bool off)
 	logged_off[d] = off;
 }
 
+/*
+ * What one database should run, decided at the top of each loop; the
+ * processes are then started rank by rank across the databases.
+ */
 static long
-manage_database(int d, TimestampTz now)
+plan_database(int d)
 {
 	JobqDatabase *db = &JobqShared->databases[d];
+	DatabasePlan *plan = &plans[d];
 	JobqDatabaseState state;
 	pid_t		hold_pid;
-	int			nworkers = 0;
-	int			ncandidates = 0;
-	bool		any_running = false;
 	bool		off;
 	long		timeout = -1;
 
@@ -475,7 +545,9 @@ manage_database(int d, TimestampTz now)
 	hold_pid = db->hold_pid;
 	off = db->off || !jobq_enabled;
 	LWLockRelease(JobqShared->lock);
-	if (state == JOBQ_DB_FREE)
+	memset(plan, 0, sizeof(*plan));
+	plan->in_use = state != JOBQ_DB_FREE;
+	if (!plan->in_use)
 		return -1;
 	log_off_change(d, off);
 
@@ -493,34 +565,119 @@ manage_database(int d, TimestampTz now)
 	{
 		if (state == JOBQ_DB_ACTIVE)
 		{
-			nworkers = Min(jobq_workers, max_worker_processes);
-			ncandidates = JOBQ_CANDIDATES;
+			plan->active = true;
+			plan->nworkers = Min(jobq_workers, max_worker_processes);
+			plan->ncandidates = JOBQ_CANDIDATES;
 		}
 		else if (state == JOBQ_DB_PROBING)
-			ncandidates = 1;
+			plan->ncandidates = 1;
 		log_state_change(d, state, false);
 	}
 	else if (hold_pid != 0)
 		timeout = 1000;			/* watch the holder */
+	return timeout;
+}
 
-	for (int i = 0; i < max_worker_processes; i++)
+/*
+ * Ranks share the slots out fairly: the same in every database, the first
+ * candidate (the leader to be) first, then the workers in order, then the
+ * standby candidates.  Processes start rank by rank across the databases,
+ * and while a wanted process finds no free slot, no database runs a process
+ * of a higher rank (its workers leave between jobs): every database gets a
+ * leader and a worker before any gets a second worker.
+ */
+static int
+rank_count(void)
+{
+	return max_worker_processes + JOBQ_CANDIDATES;
+}
+
+static JobqComponent *
+component_of_rank(int d, int rank)
+{
+	if (rank == 0)
+		return jobq_component(d, JOBQ_CANDIDATE, 0);
+	if (rank <= max_worker_processes)
+		return jobq_component(d, JOBQ_WORKER, rank - 1);
+	return jobq_component(d, JOBQ_CANDIDATE, rank - max_worker_processes);
+}
+
+static bool
+plan_wants(const DatabasePlan *plan, int rank)
+{
+	if (rank == 0)
+		return plan->ncandidates > 0;
+	if (rank <= max_worker_processes)
+		return rank - 1 < plan->nworkers;
+	return rank - max_worker_processes < plan->ncandidates;
+}
+
+/* The lowest rank of a process waiting for a free slot, or rank_count(). */
+static int
+starved_rank(void)
+{
+	for (int r = 0; r < rank_count(); r++)
+		for (int d = 0; d < JobqShared->max_databases; d++)
+			if (plans[d].in_use && launched[jobq_slot_index(component_of_rank(d, r))].no_slot)
+				return r;
+	return rank_count();
+}
+
+/* Warns (once per figure) when the databases want more slots than exist. */
+static void
+warn_if_short(void)
+{
+	int			databases = 0;
+	int			needed;
+
+	for (int d = 0; d < JobqShared->max_databases; d++)
+		if (plans[d].active)
+			databases++;
+	needed = jobq_slots_needed(databases);
+	if (needed <= max_worker_processes)
 	{
-		JobqComponent *c = jobq_component(d, JOBQ_WORKER, i);
-
-		timeout = min_timeout(timeout, manage_process(d, c, i < nworkers, now));
-		any_running |= launched[jobq_slot_index(c)].handle != NULL;
+		warned_needed = 0;
+		return;
 	}
-	for (int i = 0; i < JOBQ_CANDIDATES; i++)
-	{
-		JobqComponent *c = jobq_component(d, JOBQ_CANDIDATE, i);
+	if (needed == warned_needed)
+		return;
+	warned_needed = needed;
+	warn_short(needed, databases);
+}
 
-		timeout = min_timeout(timeout, manage_process(d, c, i < ncandidates, now));
-		any_running |= launched[jobq_slot_index(c)].handle != NULL;
-	}
+/* Brings every database's processes to where they should be. */
+static long
+manage_databases(TimestampTz now)
+{
+	long		timeout = -1;
+	int			starved;
+
+	for (int d = 0; d < JobqShared->max_databases; d++)
+		timeout = min_timeout(timeout, plan_database(d));
+	warn_if_short();
+	starved = starved_rank();
+
+	for (int r = 0; r < rank_count(); r++)
+		for (int d = 0; d < JobqShared->max_databases; d++)
+		{
+			JobqComponent *c;
+			bool		wanted;
+
+			if (!plans[d].in_use)
+				continue;
+			c = component_of_rank(d, r);
+			wanted = r <= starved && plan_wants(&plans[d], r);
+			timeout = min_timeout(timeout, manage_process(d, c, wanted, now));
+			plans[d].any_running |= launched[jobq_slot_index(c)].handle != NULL;
+		}
 
 	/* a dropped database's slot is freed once its processes are gone */
-	if (database_gone[d] && !any_running)
+	for (int d = 0; d < JobqShared->max_databases; d++)
 	{
+		JobqDatabase *db = &JobqShared->databases[d];
+
+		if (!plans[d].in_use || !database_gone[d] || plans[d].any_running)
+			continue;
 		LWLockAcquire(JobqShared->lock, LW_EXCLUSIVE);
 		db->state = JOBQ_DB_FREE;
 		db->dboid = InvalidOid;
@@ -591,6 +748,7 @@ jobq_launcher_main(Datum main_arg)
 	logged_state = MemoryContextAllocZero(TopMemoryContext,
 										  sizeof(JobqDatabaseState) * JobqShared->max_databases);
 	logged_off = MemoryContextAllocZero(TopMemoryContext, sizeof(bool) * JobqShared->max_databases);
+	plans = MemoryContextAllocZero(TopMemoryContext, sizeof(DatabasePlan) * JobqShared->max_databases);
 	for (int d = 0; d < JobqShared->max_databases; d++)
 		logged_state[d] = JobqShared->databases[d].state;
 
@@ -616,8 +774,7 @@ jobq_launcher_main(Datum main_arg)
 			next_rescan = TimestampTzPlusMilliseconds(now, RESCAN_INTERVAL_MS);
 		}
 
-		for (int d = 0; d < JobqShared->max_databases; d++)
-			timeout = min_timeout(timeout, manage_database(d, now));
+		timeout = manage_databases(now);
 		timeout = min_timeout(timeout, ms_until(now, next_rescan));
 
 		jobq_component_heartbeat(me);

@@ -308,7 +308,7 @@ refused('squatter', q{SELECT jobq.grant('table', 'order_changed', 'victim')},
 	'22023', '1e: grant with a bad object_type fails with 22023');
 allowed('victim', q{SELECT jobq.grant('kind', 'victim_kind', 'Public')},
 	"1e: a grant to 'Public' (any case) is accepted");
-is( query(q{SELECT string_agg(grantee::text, ',') FROM jobq.grants
+is( query(q{SELECT string_agg(grantee::oid::text, ',') FROM jobq.grants
 		  WHERE object_type = 'kind' AND object_name = 'victim_kind'}),
 	'0', '1e: ... and recorded with grantee 0 (PUBLIC)');
 is(query_as('victim', q{SELECT jobq.revoke('kind', 'victim_kind', 'PUBLIC')}), 't',

@@ -22,6 +22,7 @@ CREATE ROLE alice LOGIN;
 CREATE SCHEMA alice_app AUTHORIZATION alice;
 CREATE TABLE public.probe (label text PRIMARY KEY, job_id bigint NOT NULL);
 SELECT jobq.register('doomed', 'app.effect(jsonb)', max_attempts => 1);
+SELECT jobq.register('flaky', 'app.effect(jsonb)');
 SELECT jobq.create_queue('held');
 SELECT jobq.pause('held');
 SELECT jobq.schedule('tick', '* * * * *', 'effect', '{"n": 100}');
@@ -53,17 +54,18 @@ $id{completed} = enqueue('completed', $su, q{jobq.enqueue('effect', '{"n": 3}')}
 $id{discarded} = enqueue('discarded', $su, q{jobq.enqueue('doomed', '{"n": 4, "fail": 1}')});
 $id{cancelled} = enqueue('cancelled', $su,
 	q{jobq.enqueue('effect', '{"n": 5}', run_at => now() + interval '1 hour')});
-$id{retryable} = enqueue('retryable', $su, q{jobq.enqueue('effect', '{"n": 6, "fail": 1}')});
+# default backoff: after the second failure the next attempt is 16 s away
+$id{retryable} = enqueue('retryable', $su, q{jobq.enqueue('flaky', '{"n": 6, "fail": 2}')});
 $id{alice_scheduled} = enqueue('alice_scheduled', 'alice',
 	q{jobq.enqueue('alice_work', '{}', run_at => now() + interval '1 hour')});
 $old->safe_psql('postgres', "SELECT jobq.cancel($id{cancelled})");
 is(wait_job($old, $id{completed}), 'completed', 'a job completed before the upgrade');
 is(wait_job($old, $id{discarded}), 'discarded', 'a job was discarded before the upgrade');
 ok( $old->poll_query_until('postgres',
-		"SELECT state = 'retryable' AND attempt = 1 FROM jobq.jobs WHERE id = $id{retryable}"),
-	'a job failed once before the upgrade');
+		"SELECT state = 'retryable' AND attempt = 2 FROM jobq.jobs WHERE id = $id{retryable}"),
+	'a job failed twice before the upgrade');
 $old->safe_psql('postgres', qq{
-UPDATE jobq.jobs SET scheduled_at = now() + interval '1 hour' WHERE id = $id{retryable};
+UPDATE jobq.jobs SET scheduled_at = now() + interval '1 hour' WHERE id = $id{retryable} AND state = 'retryable';
 UPDATE jobq.schedules SET next_fire_at = now() + interval '1 day';
 });
 
