@@ -1,6 +1,7 @@
 --
 -- cron: jobq._cron_next(cron, after), the first fire time of a 5-field
--- cron expression strictly after a moment (UTC), and the validation done
+-- cron expression strictly after a moment (UTC, or the local time of its
+-- CRON_TZ= zone), and the validation done
 -- by jobq.schedule()/jobq.unschedule().
 --
 -- The fire times below were checked against an independent brute-force
@@ -123,6 +124,50 @@ SELECT jobq._cron_next('0 0 * * *', '2026-01-01 00:00+00') AS next_in_new_york;
 SELECT jobq._cron_next('0 12 * * *', '2026-07-01 10:00-04') AS next_in_new_york;
 SET timezone = 'UTC';
 
+--
+-- Local times of a zone (CRON_TZ=), across daylight saving changes
+-- (checked against the zones' transitions by hand; each row shows both).
+-- Europe/Berlin in 2026: 02:00 CET becomes 03:00 CEST on March 29 (01:00
+-- UTC); 03:00 CEST becomes 02:00 CET on October 25 (01:00 UTC).
+--
+-- a fixed local time: every day at 02:30 Berlin time
+WITH RECURSIVE fires(n, t) AS (
+	SELECT 1, jobq._cron_next('CRON_TZ=Europe/Berlin 30 2 * * *', '2026-03-27 12:00+00')
+	UNION ALL
+	SELECT n + 1, jobq._cron_next('CRON_TZ=Europe/Berlin 30 2 * * *', t) FROM fires WHERE n < 4)
+SELECT n, t AS utc, t AT TIME ZONE 'Europe/Berlin' AS berlin FROM fires;
+-- ... skipped on March 29: it fires right after the change (03:00 CEST)
+-- ... repeated on October 25: it fires once, at the first pass (CEST)
+WITH RECURSIVE fires(n, t) AS (
+	SELECT 1, jobq._cron_next('CRON_TZ=Europe/Berlin 30 2 * * *', '2026-10-24 12:00+00')
+	UNION ALL
+	SELECT n + 1, jobq._cron_next('CRON_TZ=Europe/Berlin 30 2 * * *', t) FROM fires WHERE n < 3)
+SELECT n, t AS utc, t AT TIME ZONE 'Europe/Berlin' AS berlin FROM fires;
+-- every half hour (hour field '*'): real time, both passes of the repeated
+-- hour, none of the skipped one
+WITH RECURSIVE fires(n, t) AS (
+	SELECT 1, jobq._cron_next('CRON_TZ=Europe/Berlin */30 * * * *', '2026-03-28 23:50+00')
+	UNION ALL
+	SELECT n + 1, jobq._cron_next('CRON_TZ=Europe/Berlin */30 * * * *', t) FROM fires WHERE n < 5)
+SELECT n, t AS utc, t AT TIME ZONE 'Europe/Berlin' AS berlin FROM fires;
+WITH RECURSIVE fires(n, t) AS (
+	SELECT 1, jobq._cron_next('CRON_TZ=Europe/Berlin */30 * * * *', '2026-10-24 23:50+00')
+	UNION ALL
+	SELECT n + 1, jobq._cron_next('CRON_TZ=Europe/Berlin */30 * * * *', t) FROM fires WHERE n < 6)
+SELECT n, t AS utc, t AT TIME ZONE 'Europe/Berlin' AS berlin FROM fires;
+-- 09:00 New York time on weekdays, before and after March 8, 2026 (EST -> EDT)
+WITH RECURSIVE fires(n, t) AS (
+	SELECT 1, jobq._cron_next('CRON_TZ=America/New_York 0 9 * * mon-fri', '2026-03-05 00:00+00')
+	UNION ALL
+	SELECT n + 1, jobq._cron_next('CRON_TZ=America/New_York 0 9 * * mon-fri', t) FROM fires WHERE n < 4)
+SELECT n, t AS utc, t AT TIME ZONE 'America/New_York' AS new_york FROM fires;
+-- a shorthand, a zone far from UTC, and case and blanks as elsewhere
+SELECT jobq._cron_next('cron_tz=Pacific/Kiritimati   @daily', '2026-01-01 00:00+00') AS kiritimati_midnight;
+SELECT jobq._cron_next('CRON_TZ=UTC 0 0 * * *', '2026-01-01 00:00+00') =
+	   jobq._cron_next('0 0 * * *', '2026-01-01 00:00+00') AS utc_is_utc;
+-- an unknown zone
+SELECT jobq._cron_next('CRON_TZ=Mars/Olympus 0 0 * * *', '2026-01-01');
+
 -- trailing blanks after a shorthand are blanks, as after five fields
 SELECT jobq._cron_next('@hourly  ', '2026-01-01 00:00+00') AS next;
 
@@ -214,6 +259,17 @@ SELECT jobq.schedule('nightly', '@yearly', 'cron_noop', queue => 'cron_q', prior
 					 max_attempts => 2) = jobq._cron_next('@yearly', now()) AS first_fire_ok;
 COMMIT;
 SELECT name, cron, kind, args, queue, priority, max_attempts FROM jobq.schedules;
+-- in a time zone: kept as a CRON_TZ= prefix
+BEGIN;
+SELECT jobq.schedule('berlin_morning', '0 7 * * *', 'cron_noop', timezone => 'Europe/Berlin') =
+	   jobq._cron_next('CRON_TZ=Europe/Berlin 0 7 * * *', now()) AS first_fire_ok;
+SELECT cron FROM jobq.schedules WHERE name = 'berlin_morning';
+SELECT jobq.unschedule('berlin_morning');
+COMMIT;
+-- a zone given twice, an unknown one, one that is not a name
+SELECT jobq.schedule('nightly', 'CRON_TZ=Europe/Berlin 0 7 * * *', 'cron_noop', timezone => 'Europe/Paris');
+SELECT jobq.schedule('nightly', '0 7 * * *', 'cron_noop', timezone => 'Mars/Olympus');
+SELECT jobq.schedule('nightly', '0 7 * * *', 'cron_noop', timezone => 'UTC 1 * * * *');
 -- a bad expression, kind or option changes nothing
 SELECT jobq.schedule('nightly', '0 0 30 2 *', 'cron_noop');
 SELECT jobq.schedule('nightly', '*/0 * * * *', 'cron_noop');

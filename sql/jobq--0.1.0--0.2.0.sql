@@ -277,39 +277,7 @@ BEGIN
 	RETURN ids;
 END $$;
 
-CREATE OR REPLACE FUNCTION jobq._schedule(caller regrole, name text, cron text, kind text, args jsonb,
-										  queue text, priority integer, max_attempts integer)
-RETURNS timestamptz LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-	old jobq.schedules;
-	next_fire timestamptz;
-BEGIN
-	IF name IS NULL OR name = '' THEN
-		RAISE EXCEPTION 'schedule name must not be null or empty' USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	IF cron IS NULL THEN
-		RAISE EXCEPTION 'cron expression must not be null' USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	next_fire := jobq._cron_next(cron, now());
-	PERFORM jobq._new_job(caller, kind, NULL, queue, priority, max_attempts);
-	args := coalesce(args, '{}');
-	PERFORM jobq._check_args(args);
-	SELECT * INTO old FROM jobq.schedules s WHERE s.name = _schedule.name FOR UPDATE;
-	IF FOUND THEN
-		PERFORM jobq._check_member(caller, old.owner, format('schedule "%s"', name));
-		UPDATE jobq.schedules s
-		   SET cron = _schedule.cron, kind = _schedule.kind, args = _schedule.args,
-			   queue = _schedule.queue, priority = _schedule.priority,
-			   max_attempts = _schedule.max_attempts, next_fire_at = next_fire
-		 WHERE s.name = _schedule.name;
-	ELSE
-		INSERT INTO jobq.schedules (name, cron, kind, args, queue, priority, max_attempts,
-									owner, next_fire_at)
-		VALUES (name, cron, kind, args, queue, priority, max_attempts, caller, next_fire);
-	END IF;
-	PERFORM jobq._wake_leader_at_commit();
-	RETURN next_fire;
-END $$;
+/* (jobq._schedule: see "Cron time zones" below) */
 
 /* ---------------------------------------------------------------------
  * Registering: the queue must be usable, the handler's schema too, and a
@@ -823,3 +791,67 @@ RETURNS TABLE (id bigint, state jobq.job_state, result jsonb, error jsonb)
 LANGUAGE C ROWS 1 AS 'MODULE_PATHNAME', 'jobq_wait_any';
 COMMENT ON FUNCTION jobq.wait_any(bigint[], interval) IS
 	'Waits until one of the jobs is final or the timeout passes (default 30 s, NULL: none); returns the jobs that are final then (none at the timeout)';
+
+/* ---------------------------------------------------------------------
+ * Cron time zones (issue 11): a schedule's fields may be local times of a
+ * zone, kept in its cron expression as a CRON_TZ= prefix (src/cron.c), so
+ * that the one column keeps all of it and the leader's statements stay
+ * the same
+ * --------------------------------------------------------------------- */
+
+DROP FUNCTION jobq.schedule(text, text, text, jsonb, text, integer, integer);
+DROP FUNCTION jobq._schedule(regrole, text, text, text, jsonb, text, integer, integer);
+
+CREATE FUNCTION jobq._schedule(caller regrole, name text, cron text, kind text, args jsonb,
+							   queue text, priority integer, max_attempts integer, timezone text)
+RETURNS timestamptz LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	old jobq.schedules;
+	next_fire timestamptz;
+BEGIN
+	IF name IS NULL OR name = '' THEN
+		RAISE EXCEPTION 'schedule name must not be null or empty' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF cron IS NULL THEN
+		RAISE EXCEPTION 'cron expression must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF timezone IS NOT NULL THEN
+		IF cron ~* '^\s*CRON_TZ=' THEN
+			RAISE EXCEPTION 'cron expression "%" already names a time zone', cron
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Give the time zone either as CRON_TZ= or as timezone, not both.';
+		END IF;
+		IF timezone !~ '^[A-Za-z0-9_+/-]+$' THEN
+			RAISE EXCEPTION 'time zone "%" is not recognized', timezone
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		cron := format('CRON_TZ=%s %s', timezone, cron);
+	END IF;
+	next_fire := jobq._cron_next(cron, now());
+	PERFORM jobq._new_job(caller, kind, NULL, queue, priority, max_attempts);
+	args := coalesce(args, '{}');
+	PERFORM jobq._check_args(args);
+	SELECT * INTO old FROM jobq.schedules s WHERE s.name = _schedule.name FOR UPDATE;
+	IF FOUND THEN
+		PERFORM jobq._check_member(caller, old.owner, format('schedule "%s"', name));
+		UPDATE jobq.schedules s
+		   SET cron = _schedule.cron, kind = _schedule.kind, args = _schedule.args,
+			   queue = _schedule.queue, priority = _schedule.priority,
+			   max_attempts = _schedule.max_attempts, next_fire_at = next_fire
+		 WHERE s.name = _schedule.name;
+	ELSE
+		INSERT INTO jobq.schedules (name, cron, kind, args, queue, priority, max_attempts,
+									owner, next_fire_at)
+		VALUES (name, cron, kind, args, queue, priority, max_attempts, caller, next_fire);
+	END IF;
+	PERFORM jobq._wake_leader_at_commit();
+	RETURN next_fire;
+END $$;
+REVOKE ALL ON FUNCTION jobq._schedule(regrole, text, text, text, jsonb, text, integer, integer, text) FROM PUBLIC;
+
+CREATE FUNCTION jobq.schedule(name text, cron text, kind text, args jsonb DEFAULT '{}',
+							  queue text DEFAULT NULL, priority integer DEFAULT NULL,
+							  max_attempts integer DEFAULT NULL, timezone text DEFAULT NULL)
+RETURNS timestamptz LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.schedule(text, text, text, jsonb, text, integer, integer, text) IS
+	'Creates or replaces a periodic job: one job of kind per fire time of a 5-field cron expression (UTC, or local times of timezone); returns the first fire time';

@@ -11,7 +11,15 @@
  * @yearly, @annually, @monthly, @weekly, @daily, @midnight and @hourly
  * stand for their usual expressions.  As in Vixie cron, when both
  * day-of-month and day-of-week are restricted, a day matching either one
- * fires.  Times are UTC.
+ * fires.
+ *
+ * Times are UTC, unless the expression starts with CRON_TZ=<zone> (an IANA
+ * name, as in cronie and Kubernetes), when its fields are local times of
+ * that zone.  Across daylight saving changes, as in cronie: a schedule
+ * whose hour field is '*' follows real time (it fires at both passes of a
+ * repeated hour, and at no time that was skipped); any other schedule fires
+ * once per local time: at the first pass of a repeated time, and right
+ * after the change for a skipped one.
  *
  *-------------------------------------------------------------------------
  */
@@ -21,10 +29,13 @@
 
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "pgtime.h"
 #include "utils/datetime.h"
 #include "utils/timestamp.h"
 
 #define CRON_SEARCH_YEARS	8	/* long enough to reach any Feb 29 */
+#define ZONE_SHIFT_MARGIN	(INT64CONST(4) * USECS_PER_HOUR)	/* > any DST shift */
+#define ALL_HOURS			((UINT64CONST(1) << HOURS_PER_DAY) - 1)
 
 typedef struct CronSchedule
 {
@@ -35,6 +46,7 @@ typedef struct CronSchedule
 	uint32		weekdays;		/* 0-6, Sunday 0 */
 	bool		days_restricted;
 	bool		weekdays_restricted;
+	pg_tz	   *zone;			/* CRON_TZ=, or NULL for UTC */
 } CronSchedule;
 
 typedef struct CronField
@@ -208,6 +220,22 @@ parse_cron(const char *expr, CronSchedule *sched)
 
 	while (isspace((unsigned char) *text))
 		text++;
+	sched->zone = NULL;
+	if (pg_strncasecmp(text, "CRON_TZ=", 8) == 0)
+	{
+		size_t		len = strcspn(text + 8, " \t");
+		char	   *name = pnstrdup(text + 8, len);
+
+		sched->zone = pg_tzset(name);
+		if (sched->zone == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("time zone \"%s\" is not recognized", name),
+					 errdetail("In cron expression \"%s\".", expr)));
+		text += 8 + len;
+		while (isspace((unsigned char) *text))
+			text++;
+	}
 	if (*text == '@')
 	{
 		const char *found = NULL;
@@ -290,6 +318,112 @@ next_fire(const CronSchedule *sched, TimestampTz after, TimestampTz *result)
 	return false;
 }
 
+/* The local wall-clock time of instant t in zone, as a zone-less timestamp. */
+static TimestampTz
+wall_time(TimestampTz t, pg_tz *zone)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			west;			/* seconds west of UTC */
+
+	if (timestamp2tm(t, &west, &tm, &fsec, NULL, zone) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	return t - (int64) west * USECS_PER_SEC;
+}
+
+/*
+ * The instants (0, 1 or 2, ascending) whose local time in zone is wall.
+ * The zone's offsets a day before and a day after give the candidates
+ * (ascending too): when wall was skipped, the first is before the change
+ * and the second after it.
+ */
+static int
+instants_of(TimestampTz wall, pg_tz *zone, TimestampTz instants[2],
+			TimestampTz candidates[2])
+{
+	int			n = 0;
+
+	candidates[0] = wall - (wall_time(wall - USECS_PER_DAY, zone) - (wall - USECS_PER_DAY));
+	candidates[1] = wall - (wall_time(wall + USECS_PER_DAY, zone) - (wall + USECS_PER_DAY));
+	if (candidates[0] > candidates[1])
+	{
+		TimestampTz swap = candidates[0];
+
+		candidates[0] = candidates[1];
+		candidates[1] = swap;
+	}
+	for (int i = 0; i < 2; i++)
+		if (wall_time(candidates[i], zone) == wall && (n == 0 || instants[0] != candidates[i]))
+			instants[n++] = candidates[i];
+	return n;
+}
+
+/*
+ * The first instant (to the minute) whose local time is after wall, given
+ * one before it (lo) and one after it (hi).
+ */
+static TimestampTz
+first_instant_after(TimestampTz wall, pg_tz *zone, TimestampTz lo, TimestampTz hi)
+{
+	while (hi - lo > USECS_PER_MINUTE)
+	{
+		TimestampTz mid = lo + (hi - lo) / 2;
+
+		mid -= mid % USECS_PER_MINUTE;
+		if (mid <= lo)
+			mid = lo + USECS_PER_MINUTE;
+		if (wall_time(mid, zone) > wall)
+			hi = mid;
+		else
+			lo = mid;
+	}
+	return hi;
+}
+
+/*
+ * First fire time strictly after 'after' of a schedule in local time: looks
+ * at the matching local times from a margin before after's local time (a
+ * repeated hour may put an earlier local time later), until none can fire
+ * before the best found.
+ */
+static bool
+next_fire_in_zone(const CronSchedule *sched, TimestampTz after, TimestampTz *result)
+{
+	bool		real_time = (sched->hours & ALL_HOURS) == ALL_HOURS;
+	TimestampTz from = wall_time(after, sched->zone) - ZONE_SHIFT_MARGIN;
+	TimestampTz wall;
+	bool		found = false;
+
+	while (next_fire(sched, from, &wall))
+	{
+		TimestampTz instants[2];
+		TimestampTz candidates[2];
+		int			n;
+
+		if (found && wall > wall_time(*result, sched->zone) + ZONE_SHIFT_MARGIN)
+			break;
+		n = instants_of(wall, sched->zone, instants, candidates);
+		if (n == 0 && !real_time)
+		{
+			/* skipped by a change: right after it */
+			instants[0] = first_instant_after(wall, sched->zone, candidates[0], candidates[1]);
+			n = 1;
+		}
+		else if (n == 2 && !real_time)
+			n = 1;				/* repeated: the first pass only */
+		for (int i = 0; i < n; i++)
+			if (instants[i] > after && (!found || instants[i] < *result))
+			{
+				*result = instants[i];
+				found = true;
+			}
+		from = wall;
+	}
+	return found;
+}
+
 /* jobq._cron_next(cron, after) */
 PG_FUNCTION_INFO_V1(jobq_cron_next_sql);
 
@@ -306,7 +440,8 @@ jobq_cron_next_sql(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cannot compute a fire time after an infinite time")));
 	parse_cron(expr, &sched);
-	if (!next_fire(&sched, after, &result))
+	if (!(sched.zone ? next_fire_in_zone(&sched, after, &result)
+		  : next_fire(&sched, after, &result)))
 		cron_error(expr, "It never fires.");
 	PG_RETURN_TIMESTAMPTZ(result);
 }
