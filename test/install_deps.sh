@@ -4,12 +4,26 @@
 # a default cluster; jobq's scripts start their own, so none is created.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl make gcc prometheus-postgres-exporter)
+packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl make gcc prometheus-postgres-exporter
+	python3-psycopg python3-psycopg2)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# Node.js from Debian, unless the machine has its own
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+
+# the node-postgres driver of README's client snippet (test/t/105_clients.pl)
+install_node_modules() {
+	local dir
+	dir="$(dirname "$0")/clients"
+	[ -d "$dir/node_modules/pg" ] || npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+}
+
+if [ ${#missing[@]} -eq 0 ]; then
+	install_node_modules
+	exit 0
+fi
 
 echo "installing: ${missing[*]}"
 mkdir -p /etc/postgresql-common
@@ -21,3 +35,4 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
 	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 	"${missing[@]}" >/dev/null
+install_node_modules
