@@ -21,6 +21,7 @@ OBJS = \
 	src/jobq.o \
 	src/launcher.o \
 	src/leader.o \
+	src/metrics.o \
 	src/periodic.o \
 	src/plans.o \
 	src/process.o \

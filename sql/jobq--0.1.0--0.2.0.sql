@@ -855,3 +855,52 @@ CREATE FUNCTION jobq.schedule(name text, cron text, kind text, args jsonb DEFAUL
 RETURNS timestamptz LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
 COMMENT ON FUNCTION jobq.schedule(text, text, text, jsonb, text, integer, integer, text) IS
 	'Creates or replaces a periodic job: one job of kind per fire time of a 5-field cron expression (UTC, or local times of timezone); returns the first fire time';
+
+/* ---------------------------------------------------------------------
+ * Counters for monitoring (issue 11, src/metrics.c): attempts that ended
+ * on a worker, per queue and kind, with a histogram of their durations.
+ * Each worker adds its batches' counts to its own rows (worker), in the
+ * batch's transaction.  Not dumped: counters start again at a restore.
+ * --------------------------------------------------------------------- */
+
+CREATE FUNCTION jobq._duration_bounds() RETURNS float8[]
+	LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'jobq_duration_bounds';
+COMMENT ON FUNCTION jobq._duration_bounds() IS
+	'Upper bounds, in seconds, of the buckets of jobq.job_counts.duration_buckets';
+
+CREATE TABLE jobq.job_counts (
+	queue		text NOT NULL,
+	kind		text NOT NULL,
+	worker		integer NOT NULL,
+	completed	bigint NOT NULL,
+	failed		bigint NOT NULL,
+	duration_buckets bigint[] NOT NULL,
+	duration_sum float8 NOT NULL,
+	PRIMARY KEY (queue, kind, worker)
+);
+COMMENT ON TABLE jobq.job_counts IS
+	'Attempts that ended on each worker, per queue and kind, since the extension was created; see jobq.job_metrics';
+COMMENT ON COLUMN jobq.job_counts.duration_buckets IS
+	'Attempts per duration bucket: element i counts those up to jobq._duration_bounds()[i] seconds (and above the one before), the last those longer';
+REVOKE ALL ON jobq.job_counts FROM PUBLIC;
+GRANT SELECT ON jobq.job_counts TO PUBLIC;
+
+CREATE VIEW jobq.job_metrics AS
+SELECT c.queue, c.kind, c.completed, c.failed,
+	   c.completed + c.failed AS duration_count, c.duration_sum,
+	   jobq._duration_bounds() AS duration_bounds,
+	   b.cumulative AS duration_buckets
+  FROM (SELECT queue, kind, sum(completed)::bigint AS completed, sum(failed)::bigint AS failed,
+			   sum(duration_sum) AS duration_sum
+		  FROM jobq.job_counts
+		 GROUP BY queue, kind) c
+ CROSS JOIN LATERAL (
+	SELECT array_agg(s.running ORDER BY s.i) AS cumulative
+	  FROM (SELECT u.i, sum(sum(u.n)) OVER (ORDER BY u.i)::bigint AS running
+			  FROM jobq.job_counts x, unnest(x.duration_buckets) WITH ORDINALITY AS u (n, i)
+			 WHERE x.queue = c.queue AND x.kind = c.kind
+			 GROUP BY u.i) s
+	 WHERE s.i <= cardinality(jobq._duration_bounds())) b;
+COMMENT ON VIEW jobq.job_metrics IS
+	'Per queue and kind: attempts completed and failed on workers, and their durations as a cumulative histogram (Prometheus style: duration_buckets[i] counts those up to duration_bounds[i] seconds)';
+GRANT SELECT ON jobq.job_metrics TO PUBLIC;

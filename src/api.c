@@ -442,7 +442,7 @@ jobq_wait_any(PG_FUNCTION_ARGS)
 
 /*
  * Whether this database's jobq is fully up: the launcher, every configured
- * worker, a leader and all its services.
+ * worker, both candidates (one of them the leader) and all its services.
  */
 static bool
 database_ready(void)
@@ -470,6 +470,15 @@ database_ready(void)
 
 		SpinLockAcquire(&c->mutex);
 		ready = c->pid != 0 && (c->state == JOBQ_IDLE || c->state == JOBQ_BUSY);
+		SpinLockRelease(&c->mutex);
+	}
+	/* the standby candidate too: slots short, it is the first to go */
+	for (int i = 0; i < JOBQ_CANDIDATES && ready; i++)
+	{
+		JobqComponent *c = jobq_component(d, JOBQ_CANDIDATE, i);
+
+		SpinLockAcquire(&c->mutex);
+		ready = c->pid != 0;
 		SpinLockRelease(&c->mutex);
 	}
 	for (int i = 0; i < JOBQ_NUM_SERVICES && ready; i++)

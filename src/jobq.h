@@ -317,6 +317,12 @@ extern const JobqStatement *const jobq_job_state_statements[];
 extern const JobqStatement *const jobq_scheduler_statements[];
 extern const JobqStatement *const jobq_cleaner_statements[];
 extern const JobqStatement *const jobq_rescuer_statements[];
+extern const JobqStatement *const jobq_metrics_statements[];
+
+/* metrics.c: counters of finished attempts per queue and kind */
+extern void jobq_metrics_count(const char *queue, const char *kind, bool failed, double seconds);
+extern void jobq_metrics_flush(int worker);
+extern void jobq_metrics_forget(void);
 
 /* settings.c: the settings of jobq's processes and of handlers */
 extern void jobq_settings_capture(void);

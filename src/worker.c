@@ -121,6 +121,7 @@ typedef struct ClaimedJob
 {
 	int64		id;
 	char	   *kind;
+	char	   *queue;			/* in batch_cxt */
 	Datum		args;
 	Oid			owner;
 	int32		attempt;
@@ -131,6 +132,7 @@ typedef struct ClaimedJob
 	bool		completing;
 	Datum		result;			/* in batch_cxt */
 	bool		result_isnull;
+	TimestampTz started_at;		/* when its handler was called */
 	TimestampTz ended_at;
 } ClaimedJob;
 
@@ -563,6 +565,7 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 	int64		locked = 0;
 	bool		after;
 	MemoryContext old;
+	char	   *queue;
 
 	if (q->known_generation != available_generation ||
 		TimestampDifferenceExceeds(q->head_scan_at, claim_started_at, HEAD_SCAN_MS))
@@ -612,6 +615,7 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 		elog(ERROR, "could not claim jobs of queue \"%s\"", q->name);
 
 	old = MemoryContextSwitchTo(batch_cxt);
+	queue = pstrdup(q->name);	/* q may go with a reload of the caches */
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -621,6 +625,7 @@ claim_from_queue(QueueEntry *q, int capacity, bool may_claim_alone, ClaimedJob *
 
 		job->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		job->kind = SPI_getvalue(tup, desc, 2);
+		job->queue = queue;
 		job->args = datumCopy(SPI_getbinval(tup, desc, 3, &isnull), false, -1);
 		job->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
 		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
@@ -835,6 +840,12 @@ call_handler(KindEntry *k, ClaimedJob *job, bool *result_isnull)
 	return result;
 }
 
+static double
+seconds_since(TimestampTz t)
+{
+	return (double) (GetCurrentTimestamp() - t) / USECS_PER_SEC;
+}
+
 /*
  * Records how an attempt ended that did not complete: what the handler
  * asked for (jobq.give_up, jobq.snooze, jobq.cancel of itself) or its
@@ -932,6 +943,7 @@ record_outcome(ClaimedJob *job, KindEntry *k, ErrorData *edata, BatchOutcome *ou
 	}
 
 	outcome->failed++;
+	jobq_metrics_count(job->queue, job->kind, true, seconds_since(job->started_at));
 	if (end == JOBQ_END_DISCARDED)
 	{
 		outcome->finished = true;
@@ -1068,6 +1080,8 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 	volatile bool watching = false;
 	static char activity[128 + KIND_KEY_LEN];
 
+	job->started_at = started;
+
 	if (k == NULL)
 	{
 		/*
@@ -1119,6 +1133,7 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 		XactReadOnly = read_only;	/* restored when the subtransaction ends */
 		enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(k->timeout_ms, INT_MAX));
 		watchdog_start(job, k, started);
+		job->started_at = started;
 		jobq_process_allow_cancel(true);
 		watching = true;
 
@@ -1265,6 +1280,8 @@ complete_batch(ClaimedJob *jobs, int n, BatchOutcome *outcome)
 		if (jobq_log_jobs)
 			ereport(LOG,
 					(errmsg("jobq job " INT64_FORMAT " of kind \"%s\" completed", job->id, job->kind)));
+		jobq_metrics_count(job->queue, job->kind, false,
+						   (double) (job->ended_at - job->started_at) / USECS_PER_SEC);
 	}
 	outcome->done += m;
 	outcome->finished = true;
@@ -1288,6 +1305,7 @@ run_jobs(ClaimedJob *jobs, int n)
 
 		memset(&outcome, 0, sizeof(outcome));
 		jobq_xact_begin("jobq worker: running jobs");
+		jobq_metrics_forget();	/* what a failed batch counted */
 		/* what the owners' sessions would get, as of now: see settings.c */
 		jobq_settings_load();
 		while (i < n)
@@ -1306,6 +1324,7 @@ run_jobs(ClaimedJob *jobs, int n)
 			CommandCounterIncrement();	/* the next job sees this one's effects */
 		}
 		complete_batch(jobs + first, count, &outcome);
+		jobq_metrics_flush(me->number);
 		if (jobq_debug_fail_batch)
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),

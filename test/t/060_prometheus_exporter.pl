@@ -1,9 +1,11 @@
 # monitoring/postgres_exporter.yaml works with the real Prometheus exporter
 # (Debian package prometheus-postgres-exporter): the exporter runs the
 # queries against a test cluster without errors and /metrics shows jobq's
-# queues (depth per state, lag, throughput, paused) and components (up with
+# queues (live depth per state, lag, paused), jobs per queue and kind
+# (completed and failed counters, a duration histogram) and components (up,
 # state, restarts, last error, jobs per worker) with the values the cluster
-# has, and follows changes.
+# has, and follows changes; every metric the Grafana dashboard
+# (monitoring/grafana-dashboard.json) queries is one the exporter emits.
 #
 # Skipped only when the exporter is missing outside CI; under CI (CI=true)
 # a missing exporter fails (test/install_deps.sh installs it).
@@ -16,6 +18,7 @@ use Test::More;
 use File::Spec;
 use HTTP::Tiny;
 use IPC::Run;
+use JSON::PP ();
 
 my $EXPORTER = '/usr/bin/prometheus-postgres-exporter';
 my $QUERIES = File::Spec->rel2abs('monitoring/postgres_exporter.yaml');
@@ -126,8 +129,9 @@ is(value_of($m, 'pg_exporter_last_scrape_error'), '0', 'the scrape ran every que
 
 for my $metric (
 	[ jobq_queue_depth => 'gauge' ], [ jobq_queue_lag_seconds => 'gauge' ],
-	[ jobq_queue_completed_last_minute => 'gauge' ], [ jobq_queue_failed_last_minute => 'gauge' ],
-	[ jobq_queue_paused => 'gauge' ], [ jobq_component_up => 'gauge' ],
+	[ jobq_queue_paused => 'gauge' ], [ jobq_jobs_completed_total => 'counter' ],
+	[ jobq_jobs_failed_total => 'counter' ], [ jobq_job_duration_seconds => 'histogram' ],
+	[ jobq_component_up => 'gauge' ], [ jobq_component_state_current => 'gauge' ],
 	[ jobq_component_restarts_total => 'counter' ],
 	[ jobq_component_last_error_timestamp_seconds => 'gauge' ],
 	[ jobq_worker_jobs_done_total => 'counter' ], [ jobq_worker_jobs_failed_total => 'counter' ])
@@ -139,40 +143,53 @@ for my $metric (
 my %q = (database => 'postgres');
 is(value_of($m, 'jobq_queue_depth', %q, queue => 'held', state => 'available'), '3',
 	'depth of the paused queue, state available: 3');
-is(value_of($m, 'jobq_queue_depth', %q, queue => 'default', state => 'completed'), '5',
-	'depth of default, state completed: 5');
-is(value_of($m, 'jobq_queue_depth', %q, queue => 'default', state => 'discarded'), '1',
-	'depth of default, state discarded: 1');
 is(value_of($m, 'jobq_queue_depth', %q, queue => 'default', state => 'available'), '0',
 	'depth of default, state available: 0');
-is(scalar(values_of($m, 'jobq_queue_depth', %q)), 14, 'depth: 7 states for each of the 2 queues');
+is(join(',', sort map { $_->{labels}{state} } grep { $_->{name} eq 'jobq_queue_depth' && $_->{labels}{queue} eq 'default' } @$m),
+	'available,retryable,running,scheduled', 'depth: the live states only');
 is(value_of($m, 'jobq_queue_paused', %q, queue => 'held'), '1', 'held is paused');
 is(value_of($m, 'jobq_queue_paused', %q, queue => 'default'), '0', 'default is not');
-my $lag = value_of($m, 'jobq_queue_lag_seconds', %q, queue => 'held');
-my $db_lag = $node->safe_psql('postgres',
-	q{SELECT extract(epoch FROM lag) FROM jobq.queue_stats WHERE queue = 'held'});
-ok($lag > 0 && $lag <= $db_lag, "lag of held: $lag s (> 0, not more than the view says a moment later: $db_lag)");
+is(value_of($m, 'jobq_queue_lag_seconds', %q, queue => 'held'), '0',
+	'lag of the paused queue: 0 (it does not grow while paused)');
+cmp_ok($node->safe_psql('postgres', q{SELECT extract(epoch FROM lag) FROM jobq.queue_stats WHERE queue = 'held'}),
+	'>', 0, '... though jobq.queue_stats shows its oldest job waiting');
 is(value_of($m, 'jobq_queue_lag_seconds', %q, queue => 'default'), '0', 'lag of default: 0');
-is(value_of($m, 'jobq_queue_completed_last_minute', %q, queue => 'default'), '5',
-	'completed in the last minute: 5');
-is(value_of($m, 'jobq_queue_failed_last_minute', %q, queue => 'default'), '1', 'failed in the last minute: 1');
+
+# Jobs, per queue and kind.
+my %k = (%q, queue => 'default', kind => 'effect');
+is(value_of($m, 'jobq_jobs_completed_total', %k), '5', 'completed attempts of kind effect: 5');
+is(value_of($m, 'jobq_jobs_failed_total', %k), '1', 'failed attempts of kind effect: 1');
+is(value_of($m, 'jobq_job_duration_seconds_count', %k), '6', 'the duration histogram counts the 6 attempts');
+is(value_of($m, 'jobq_job_duration_seconds_bucket', %k, le => '+Inf'), '6', '... its +Inf bucket too');
+my @buckets = map { $_->{value} }
+  sort { ($a->{labels}{le} eq '+Inf' ? 1e99 : $a->{labels}{le}) <=> ($b->{labels}{le} eq '+Inf' ? 1e99 : $b->{labels}{le}) }
+  grep { $_->{name} eq 'jobq_job_duration_seconds_bucket' && $_->{labels}{kind} eq 'effect' } @$m;
+is(join(',', grep { $buckets[$_] < $buckets[ $_ - 1 ] } 1 .. $#buckets), '', 'the buckets are cumulative');
+cmp_ok(value_of($m, 'jobq_job_duration_seconds_sum', %k), '>', 0, 'and the durations add up to more than 0 s');
 
 # Components.
 my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM jobq.components');
 is(scalar(values_of($m, 'jobq_component_up')), $rows, "one jobq_component_up per component ($rows)");
-is(value_of($m, 'jobq_component_up', component => 'launcher', database => '', state => 'running'), '1',
-	'launcher up, running');
-is(value_of($m, 'jobq_component_up', component => 'leader', database => 'postgres', state => 'running'), '1',
-	'leader up, running');
+is(scalar(grep { exists $_->{labels}{state} } grep { $_->{name} eq 'jobq_component_up' } @$m), 0,
+	'jobq_component_up has no state label');
+is(scalar(grep { $_ eq '1' } values_of($m, 'jobq_component_state_current')), $rows,
+	'jobq_component_state_current: one state is current per component');
+is(value_of($m, 'jobq_component_up', component => 'launcher', database => ''), '1', 'launcher up');
+is(value_of($m, 'jobq_component_state_current', component => 'launcher', state => 'running'), '1',
+	'... running');
+is(value_of($m, 'jobq_component_up', component => 'leader', database => 'postgres'), '1', 'leader up');
 for my $service (qw(scheduler rescuer cleaner periodic))
 {
-	is(value_of($m, 'jobq_component_up', component => $service, state => 'running'), '1', "$service up, running");
+	is(value_of($m, 'jobq_component_state_current', component => $service, state => 'running'), '1',
+		"$service running");
 }
 for my $n (0 .. 3)
 {
-	my ($state) = grep { $_->{name} eq 'jobq_component_up' && $_->{labels}{component} eq "worker $n" } @$m;
-	is(($state->{labels}{state} // '') =~ /^(idle|busy)$/ ? $state->{value} : "state $state->{labels}{state}",
-		'1', "worker $n up (state $state->{labels}{state})");
+	my ($state) = map { $_->{labels}{state} }
+	  grep { $_->{name} eq 'jobq_component_state_current' && $_->{labels}{component} eq "worker $n" && $_->{value} eq '1' }
+	  @$m;
+	is(value_of($m, 'jobq_component_up', component => "worker $n") . " $state", '1 ' . ($state =~ /^(idle|busy)$/ ? $state : 'idle or busy'),
+		"worker $n up (state $state)");
 }
 is(value_of($m, 'jobq_component_restarts_total', component => 'worker 1'), '1', 'worker 1: 1 restart');
 is(join(',', grep { $_ ne '0' } values_of($m, 'jobq_component_restarts_total')), '1',
@@ -188,24 +205,41 @@ $done += $_ for values_of($m, 'jobq_worker_jobs_done_total', database => 'postgr
 $failed += $_ for values_of($m, 'jobq_worker_jobs_failed_total', database => 'postgres');
 is("$done/$failed", '5/1', 'jobs done/failed summed over the workers: 5/1');
 
-# Changes show at the next scrape: the paused queue resumed and drained; a
-# fifth worker wanted that cannot start is down.
+# Changes show at the next scrape: the paused queue resumed and drained; of
+# two more workers wanted, one takes the standby candidate's slot (workers
+# rank before standby candidates), the other cannot start and is down.
 $node->safe_psql('postgres', q{SELECT jobq.resume('held')});
 ok( $node->poll_query_until('postgres', q{SELECT count(*) = 8 FROM jobq.jobs WHERE state = 'completed'}),
 	'the held jobs completed after resume');
 my $offset = -s $node->logfile;
-$node->safe_psql('postgres', 'ALTER SYSTEM SET jobq.workers = 5; SELECT pg_reload_conf();');
-$node->wait_for_log(qr/jobq could not start worker 4 for database "postgres": no free background worker slot/,
+$node->safe_psql('postgres', 'ALTER SYSTEM SET jobq.workers = 6; SELECT pg_reload_conf();');
+$node->wait_for_log(qr/jobq could not start worker 5 for database "postgres": no free background worker slot/,
 	$offset);
+ok( $node->poll_query_until('postgres', q{
+	SELECT state IN ('idle', 'busy') FROM jobq.components
+	 WHERE database = current_database() AND component = 'worker 4'}),
+	'worker 4 runs, in the slot of the standby candidate');
 $m = scrape();
 is(value_of($m, 'jobq_queue_depth', %q, queue => 'held', state => 'available'), '0', 'held: none available now');
-is(value_of($m, 'jobq_queue_depth', %q, queue => 'held', state => 'completed'), '3', 'held: 3 completed');
+is(value_of($m, 'jobq_jobs_completed_total', %q, queue => 'held', kind => 'effect'), '3', 'held: 3 completed');
 is(value_of($m, 'jobq_queue_paused', %q, queue => 'held'), '0', 'held: no longer paused');
 is(value_of($m, 'jobq_queue_lag_seconds', %q, queue => 'held'), '0', 'held: no lag');
-is(value_of($m, 'jobq_component_up', component => 'worker 4', state => 'backoff'), '0',
-	'worker 4, which cannot start, is down (up 0, state backoff)');
-cmp_ok(value_of($m, 'jobq_component_last_error_timestamp_seconds', component => 'worker 4'), '>', 0,
-	'worker 4 has a last error');
+is( value_of($m, 'jobq_component_up', component => 'worker 5') . ' '
+	  . value_of($m, 'jobq_component_state_current', component => 'worker 5', state => 'backoff'),
+	'0 1', 'worker 5, which cannot start, is down (up 0, state backoff)');
+cmp_ok(value_of($m, 'jobq_component_last_error_timestamp_seconds', component => 'worker 5'), '>', 0,
+	'worker 5 has a last error');
+
+# The Grafana dashboard queries only metrics the exporter emits.
+my $dashboard = JSON::PP->new->decode(slurp_file('monitoring/grafana-dashboard.json'));
+my %emitted = map { $_->{name} => 1 } @$m;
+my %queried;
+for my $panel (@{ $dashboard->{panels} })
+{
+	$queried{$_}++ for map { $_->{expr} =~ /\b(jobq_[a-z_]+)/g } @{ $panel->{targets} // [] };
+}
+cmp_ok(scalar(keys %queried), '>=', 10, 'the dashboard queries ' . scalar(keys %queried) . ' jobq metrics');
+is(join(',', grep { !$emitted{$_} } sort keys %queried), '', 'every one of them is emitted by the exporter');
 is(value_of($m, 'pg_exporter_last_scrape_error'), '0', 'still no scrape error');
 
 $exporter->signal('TERM');
