@@ -860,7 +860,7 @@ COMMENT ON FUNCTION jobq.schedule(text, text, text, jsonb, text, integer, intege
  * Counters for monitoring (issue 11, src/metrics.c): attempts that ended
  * on a worker, per queue and kind, with a histogram of their durations.
  * Each worker adds its batches' counts to its own rows (worker), in the
- * batch's transaction.  Not dumped: counters start again at a restore.
+ * batch's transaction.  Dumped with the jobs, so a restore keeps counting.
  * --------------------------------------------------------------------- */
 
 CREATE FUNCTION jobq._duration_bounds() RETURNS float8[]
@@ -884,6 +884,7 @@ COMMENT ON COLUMN jobq.job_counts.duration_buckets IS
 	'Attempts per duration bucket: element i counts those up to jobq._duration_bounds()[i] seconds (and above the one before), the last those longer';
 REVOKE ALL ON jobq.job_counts FROM PUBLIC;
 GRANT SELECT ON jobq.job_counts TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('jobq.job_counts', '');
 
 CREATE VIEW jobq.job_metrics AS
 SELECT c.queue, c.kind, c.completed, c.failed,
