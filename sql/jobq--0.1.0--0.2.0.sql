@@ -166,6 +166,8 @@ COMMENT ON FUNCTION jobq.revoke(text, text, text) IS
  * --------------------------------------------------------------------- */
 
 DROP FUNCTION jobq._new_job(text, timestamptz, text, integer, integer);
+/* whether the queue is paused: its new jobs wake no worker (resume does) */
+ALTER TYPE jobq._new_job ADD ATTRIBUTE paused boolean;
 CREATE FUNCTION jobq._new_job(caller regrole, kind text, run_at timestamptz, queue text,
 							  priority integer, max_attempts integer)
 RETURNS jobq._new_job LANGUAGE plpgsql STABLE AS $$
@@ -181,7 +183,7 @@ BEGIN
 	END IF;
 	j.queue := coalesce(queue, h.queue);
 	PERFORM jobq._check_queue(j.queue);
-	SELECT qs.owner INTO q FROM jobq.queues qs WHERE qs.name = j.queue;
+	SELECT qs.owner, qs.paused INTO q, j.paused FROM jobq.queues qs WHERE qs.name = j.queue;
 	IF q <> caller THEN
 		PERFORM jobq._check_use(caller, 'queue', j.queue, q, false);
 	END IF;
@@ -242,7 +244,7 @@ BEGIN
 			END IF;
 		END LOOP;
 	END IF;
-	PERFORM jobq._wake_for(j.state, 1);
+	PERFORM jobq._wake_for(j.state, CASE WHEN j.paused THEN 0 ELSE 1 END);
 	RETURN job_id;
 END $$;
 
@@ -273,7 +275,7 @@ BEGIN
 		 ORDER BY a.n
 		RETURNING id)
 	SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO ids FROM inserted;
-	PERFORM jobq._wake_for(j.state, cardinality(ids));
+	PERFORM jobq._wake_for(j.state, CASE WHEN j.paused THEN 0 ELSE cardinality(ids) END);
 	RETURN ids;
 END $$;
 

@@ -37,7 +37,8 @@ typedef struct CancelledJob
 
 typedef struct PendingActions
 {
-	int64		wake_workers;	/* jobs made available */
+	bool		made_available; /* jobs became available: claims look again */
+	int64		wake_workers;	/* idle workers to wake for them */
 	bool		wake_leader;
 	bool		jobs_finished;
 	bool		config_changed;
@@ -86,12 +87,12 @@ run_pending_actions(void)
 	if (pending.config_changed)
 		pg_atomic_fetch_add_u64(&JobqShared->config_generation, 1);
 
-	if (pending.wake_workers > 0 || pending.wake_leader || pending.recheck_database)
+	if (pending.made_available || pending.wake_leader || pending.recheck_database)
 		db_index = jobq_db_index(MyDatabaseId);
 
 	if (db_index >= 0)
 	{
-		if (pending.wake_workers > 0)
+		if (pending.made_available)
 			pg_atomic_fetch_add_u64(&JobqShared->databases[db_index].available_generation, 1);
 		if (pending.recheck_database)
 			jobq_wake_database(db_index);
@@ -216,10 +217,16 @@ jobq_at_commit_cancel_running(int64 job_id)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Jobs become available at commit: claims must look at them (the
+ * generation), and howmany idle workers are woken for them (0 for jobs of
+ * a paused queue: the resume wakes them).
+ */
 void
 jobq_at_commit_wake_workers(int howmany)
 {
 	ensure_callback();
+	pending.made_available = true;
 	pending.wake_workers += Max(howmany, 0);
 }
 
