@@ -271,8 +271,11 @@ wait_for_jobs(const int64 *ids, int n, bool any, long timeout_ms, WaitedJob *job
 				 errdetail("Its snapshot would never show the jobs finishing.")));
 	if (timeout_ms >= 0)
 		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-	plan = jobq_prepare_transient("SELECT j.id, j.state::text, j.result, j.errors -> -1, j.xmin"
-								  "  FROM jobq.jobs j WHERE j.id = ANY ($1)", 1, argtypes);
+	/* in the caller's session, under its search_path: every name qualified */
+	plan = jobq_prepare_transient("SELECT j.id, j.state::pg_catalog.text, j.result,"
+								  "       j.errors OPERATOR(pg_catalog.->) -1, j.xmin"
+								  "  FROM jobq.jobs j WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)",
+								  1, argtypes);
 	for (;;)
 	{
 		long		left;
