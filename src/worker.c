@@ -1133,7 +1133,6 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 		XactReadOnly = read_only;	/* restored when the subtransaction ends */
 		enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(k->timeout_ms, INT_MAX));
 		watchdog_start(job, k, started);
-		job->started_at = started;
 		jobq_process_allow_cancel(true);
 		watching = true;
 
