@@ -15,6 +15,7 @@ OBJS = \
 	src/commit.o \
 	src/cron.o \
 	src/ddl.o \
+	src/external.o \
 	src/guc.o \
 	src/job_control.o \
 	src/job_state.o \

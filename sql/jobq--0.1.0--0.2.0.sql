@@ -22,7 +22,7 @@
  * --------------------------------------------------------------------- */
 
 CREATE TABLE jobq.grants (
-	object_type text NOT NULL CHECK (object_type IN ('kind', 'queue')),
+	object_type text NOT NULL CHECK (object_type IN ('kind', 'queue', 'work')),
 	object_name text NOT NULL,
 	grantee		regrole NOT NULL,
 	granted_by	regrole NOT NULL,
@@ -30,7 +30,7 @@ CREATE TABLE jobq.grants (
 	PRIMARY KEY (object_type, object_name, grantee)
 );
 COMMENT ON TABLE jobq.grants IS
-	'Who may use a kind or queue besides its owner''s members (grantee 0, shown as -: PUBLIC)';
+	'Who may use a kind or queue, or work an external kind (''work''), besides its owner''s members (grantee 0, shown as -: PUBLIC)';
 REVOKE ALL ON jobq.grants FROM PUBLIC;
 GRANT SELECT ON jobq.grants TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('jobq.grants',
@@ -43,40 +43,48 @@ SELECT 'queue', 'default', 0, q.owner FROM jobq.queues q WHERE q.name = 'default
 /* How messages name a kind or a queue. */
 CREATE FUNCTION jobq._object_label(object_type text, object_name text) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT format('%s "%s"', CASE object_type WHEN 'kind' THEN 'job kind' ELSE 'queue' END,
-				  object_name)
+	SELECT format(CASE object_type WHEN 'kind' THEN 'job kind "%s"'
+								   WHEN 'work' THEN 'working job kind "%s"'
+								   ELSE 'queue "%s"' END, object_name)
+$$;
+
+/*
+ * Whether a grant of the object to caller (to it, a role it has the
+ * privileges of, or PUBLIC) was made by a role with the privileges of
+ * granted_by_of.
+ */
+CREATE FUNCTION jobq._granted(caller regrole, object_type text, object_name text,
+							  granted_by_of regrole)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+	SELECT EXISTS (
+		SELECT FROM jobq.grants g
+		 WHERE g.object_type = _granted.object_type
+		   AND g.object_name = _granted.object_name
+		   AND (g.grantee = 0 OR pg_has_role(caller, g.grantee, 'USAGE'))
+		   AND pg_has_role(g.granted_by, granted_by_of, 'USAGE'))
 $$;
 
 /*
  * Whether caller may use an object owned by owner: it has the owner's
- * privileges, or holds a grant (to it, a role it has the privileges of, or
- * PUBLIC) made by a role with the owner's privileges.  With run_as_caller
- * (a kind: the owner's code will run as caller) an owner without the
- * caller's privileges also needs such a grant made by a role with the
- * caller's privileges.
+ * privileges, or holds a grant made by a role with the owner's privileges.
+ * With run_as_caller (a kind: the owner's code will run as caller) an
+ * owner without the caller's privileges also needs such a grant made by a
+ * role with the caller's privileges.
  */
 CREATE FUNCTION jobq._check_use(caller regrole, object_type text, object_name text,
 								owner regrole, run_as_caller boolean)
 RETURNS void LANGUAGE plpgsql STABLE AS $$
 BEGIN
-	IF NOT pg_has_role(caller, owner, 'USAGE') AND NOT EXISTS (
-		SELECT FROM jobq.grants g
-		 WHERE g.object_type = _check_use.object_type
-		   AND g.object_name = _check_use.object_name
-		   AND (g.grantee = 0 OR pg_has_role(caller, g.grantee, 'USAGE'))
-		   AND pg_has_role(g.granted_by, owner, 'USAGE')) THEN
+	IF NOT pg_has_role(caller, owner, 'USAGE')
+	   AND NOT jobq._granted(caller, object_type, object_name, owner) THEN
 		RAISE EXCEPTION 'permission denied for %', jobq._object_label(object_type, object_name)
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = format('It belongs to role %s.', owner),
 				  HINT = format('Its owner can allow it with jobq.grant(%L, %L, %L).',
 								object_type, object_name, caller::text);
 	END IF;
-	IF run_as_caller AND NOT pg_has_role(owner, caller, 'USAGE') AND NOT EXISTS (
-		SELECT FROM jobq.grants g
-		 WHERE g.object_type = _check_use.object_type
-		   AND g.object_name = _check_use.object_name
-		   AND (g.grantee = 0 OR pg_has_role(caller, g.grantee, 'USAGE'))
-		   AND pg_has_role(g.granted_by, caller, 'USAGE')) THEN
+	IF run_as_caller AND NOT pg_has_role(owner, caller, 'USAGE')
+	   AND NOT jobq._granted(caller, object_type, object_name, caller) THEN
 		RAISE EXCEPTION 'permission denied for %', jobq._object_label(object_type, object_name)
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = format('Its handler belongs to role %s, which does not have the privileges of role %s; running it as %s would give them to it.',
@@ -92,14 +100,14 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	o regrole;
 BEGIN
-	IF object_type = 'kind' THEN
+	IF object_type IN ('kind', 'work') THEN
 		SELECT h.owner INTO o FROM jobq.handlers h WHERE h.kind = object_name;
 	ELSIF object_type = 'queue' THEN
 		SELECT q.owner INTO o FROM jobq.queues q WHERE q.name = object_name;
 	ELSE
 		RAISE EXCEPTION 'cannot grant on "%"', object_type
 			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'Grants are on a ''kind'' or a ''queue''.';
+				  DETAIL = 'Grants are on a ''kind'', a ''queue'', or ''work'' (claiming and finishing the jobs of an external kind).';
 	END IF;
 	IF o IS NULL THEN
 		RAISE EXCEPTION '% does not exist', jobq._object_label(object_type, object_name)
@@ -168,6 +176,8 @@ COMMENT ON FUNCTION jobq.revoke(text, text, text) IS
 DROP FUNCTION jobq._new_job(text, timestamptz, text, integer, integer);
 /* whether the queue is paused: its new jobs wake no worker (resume does) */
 ALTER TYPE jobq._new_job ADD ATTRIBUTE paused boolean;
+/* whether its kind is worked by external workers (jobq.claim) */
+ALTER TYPE jobq._new_job ADD ATTRIBUTE external boolean;
 CREATE FUNCTION jobq._new_job(caller regrole, kind text, run_at timestamptz, queue text,
 							  priority integer, max_attempts integer)
 RETURNS jobq._new_job LANGUAGE plpgsql STABLE AS $$
@@ -177,9 +187,13 @@ DECLARE
 	q regrole;
 BEGIN
 	h := jobq._handler_of(kind);
-	/* an owner using its own kind and queue needs no look at the grants */
+	/*
+	 * An owner using its own kind and queue needs no look at the grants.
+	 * An external kind runs no code as the caller.
+	 */
+	j.external := h.handler IS NULL;
 	IF h.owner <> caller THEN
-		PERFORM jobq._check_use(caller, 'kind', kind, h.owner, true);
+		PERFORM jobq._check_use(caller, 'kind', kind, h.owner, NOT j.external);
 	END IF;
 	j.queue := coalesce(queue, h.queue);
 	PERFORM jobq._check_queue(j.queue);
@@ -215,8 +229,10 @@ BEGIN
 	PERFORM jobq._check_args(args);
 
 	IF unique_key IS NULL THEN
-		INSERT INTO jobq.jobs (kind, args, queue, priority, state, max_attempts, scheduled_at, owner)
-		VALUES (kind, args, j.queue, j.priority, j.state, j.max_attempts, j.scheduled_at, caller)
+		INSERT INTO jobq.jobs (kind, args, queue, priority, state, max_attempts, scheduled_at,
+							   owner, external)
+		VALUES (kind, args, j.queue, j.priority, j.state, j.max_attempts, j.scheduled_at,
+				caller, j.external)
 		RETURNING id INTO job_id;
 	ELSE
 		/*
@@ -226,9 +242,9 @@ BEGIN
 		 */
 		LOOP
 			INSERT INTO jobq.jobs (kind, args, queue, priority, state, max_attempts,
-								   scheduled_at, owner, unique_key)
+								   scheduled_at, owner, unique_key, external)
 			VALUES (kind, args, j.queue, j.priority, j.state, j.max_attempts,
-					j.scheduled_at, caller, unique_key)
+					j.scheduled_at, caller, unique_key, j.external)
 			ON CONFLICT (kind, owner, unique_key)
 				WHERE unique_key IS NOT NULL
 				  AND state IN ('scheduled', 'available', 'running', 'retryable')
@@ -268,9 +284,10 @@ BEGIN
 	END IF;
 	/* identities are drawn in input order, so sorting ids restores it */
 	WITH inserted AS (
-		INSERT INTO jobq.jobs (kind, args, queue, priority, state, max_attempts, scheduled_at, owner)
+		INSERT INTO jobq.jobs (kind, args, queue, priority, state, max_attempts, scheduled_at,
+							   owner, external)
 		SELECT kind, coalesce(a.v, '{}'), j.queue, j.priority, j.state, j.max_attempts,
-			   j.scheduled_at, caller
+			   j.scheduled_at, caller, j.external
 		  FROM unnest(args) WITH ORDINALITY AS a(v, n)
 		 ORDER BY a.n
 		RETURNING id)
@@ -286,15 +303,11 @@ END $$;
  * timeout is positive the way the worker measures it
  * --------------------------------------------------------------------- */
 
-CREATE OR REPLACE FUNCTION jobq._register(caller regrole, kind text, handler regprocedure,
-										  queue text, max_attempts integer, timeout interval,
-										  priority integer, backoff_max interval)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
+/* What registering any kind checks: its name, queue and defaults. */
+CREATE FUNCTION jobq._check_kind(caller regrole, kind text, queue text, max_attempts integer,
+								 priority integer, backoff_max interval)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
 DECLARE
-	p pg_proc;
-	old jobq.handlers;
-	rettype_kind "char";
 	queue_owner regrole;
 BEGIN
 	IF kind IS NULL OR kind = '' THEN
@@ -305,6 +318,77 @@ BEGIN
 			USING ERRCODE = 'string_data_right_truncation',
 				  DETAIL = format('A kind is at most 128 bytes; this one has %s.', octet_length(kind));
 	END IF;
+	PERFORM jobq._check_queue(queue);
+	SELECT q.owner INTO queue_owner FROM jobq.queues q WHERE q.name = _check_kind.queue;
+	PERFORM jobq._check_use(caller, 'queue', queue, queue_owner, false);
+	PERFORM jobq._check_max_attempts(max_attempts);
+	PERFORM jobq._check_priority(priority);
+	IF max_attempts IS NULL OR priority IS NULL THEN
+		RAISE EXCEPTION 'max_attempts and priority must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF extract(epoch FROM backoff_max) < 0 THEN
+		RAISE EXCEPTION 'backoff_max must not be negative, not %', backoff_max
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END $$;
+
+/* A positive interval, as the worker measures it (a month is not always 30 days here). */
+CREATE FUNCTION jobq._check_positive(what text, span interval) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+	IF span IS NULL THEN
+		RAISE EXCEPTION '% must not be null', what USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF extract(epoch FROM span) <= 0 THEN
+		RAISE EXCEPTION '% must be positive, not %', what, span
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END $$;
+
+/*
+ * Registers or re-registers a kind: handler NULL and a lease for one
+ * worked by external workers.  Its waiting jobs follow it: a kind that
+ * moves between the servers' workers and external ones takes them along
+ * (running ones end where they run).
+ */
+CREATE FUNCTION jobq._save_kind(caller regrole, kind text, handler text, queue text,
+								max_attempts integer, timeout interval, priority integer,
+								backoff_max interval, lease interval)
+RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+	old jobq.handlers;
+BEGIN
+	SELECT * INTO old FROM jobq.handlers h WHERE h.kind = _save_kind.kind FOR UPDATE;
+	IF FOUND THEN
+		PERFORM jobq._check_member(caller, old.owner, format('job kind "%s"', kind));
+	END IF;
+	INSERT INTO jobq.handlers AS h (kind, handler, queue, max_attempts, timeout,
+									priority, backoff_max, owner, lease)
+	VALUES (kind, handler, queue, max_attempts, timeout, priority, backoff_max, caller, lease)
+	ON CONFLICT (kind) DO UPDATE
+	   SET handler = excluded.handler, queue = excluded.queue,
+		   max_attempts = excluded.max_attempts, timeout = excluded.timeout,
+		   priority = excluded.priority, backoff_max = excluded.backoff_max,
+		   lease = excluded.lease, registered_at = now();
+	IF FOUND AND (old.handler IS NULL) <> (handler IS NULL) THEN
+		UPDATE jobq.jobs j SET external = (_save_kind.handler IS NULL)
+		 WHERE j.kind = _save_kind.kind AND j.state IN ('scheduled', 'available', 'retryable');
+		PERFORM jobq._wake_workers_at_commit(1);
+	END IF;
+	PERFORM jobq._config_changed();
+END $$;
+
+CREATE OR REPLACE FUNCTION jobq._register(caller regrole, kind text, handler regprocedure,
+										  queue text, max_attempts integer, timeout interval,
+										  priority integer, backoff_max interval)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	p pg_proc;
+	rettype_kind "char";
+BEGIN
+	PERFORM jobq._check_kind(caller, kind, queue, max_attempts, priority, backoff_max);
 	IF handler IS NULL THEN
 		RAISE EXCEPTION 'handler must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -333,39 +417,10 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = format('Role %s may not execute the handler it registers.', caller);
 	END IF;
-	PERFORM jobq._check_queue(queue);
-	SELECT q.owner INTO queue_owner FROM jobq.queues q WHERE q.name = _register.queue;
-	PERFORM jobq._check_use(caller, 'queue', queue, queue_owner, false);
-	PERFORM jobq._check_max_attempts(max_attempts);
-	PERFORM jobq._check_priority(priority);
-	IF max_attempts IS NULL OR priority IS NULL OR timeout IS NULL THEN
-		RAISE EXCEPTION 'max_attempts, timeout and priority must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	/* as the worker measures it: a month is not always 30 days here */
-	IF extract(epoch FROM timeout) <= 0 THEN
-		RAISE EXCEPTION 'timeout must be positive, not %', timeout
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF extract(epoch FROM backoff_max) < 0 THEN
-		RAISE EXCEPTION 'backoff_max must not be negative, not %', backoff_max
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-
-	SELECT * INTO old FROM jobq.handlers h WHERE h.kind = _register.kind FOR UPDATE;
-	IF FOUND THEN
-		PERFORM jobq._check_member(caller, old.owner, format('job kind "%s"', kind));
-	END IF;
-	INSERT INTO jobq.handlers AS h (kind, handler, queue, max_attempts, timeout,
-									priority, backoff_max, owner)
-	VALUES (kind, (pg_identify_object('pg_proc'::regclass, handler, 0)).identity,
-			queue, max_attempts, timeout, priority, backoff_max, caller)
-	ON CONFLICT (kind) DO UPDATE
-	   SET handler = excluded.handler, queue = excluded.queue,
-		   max_attempts = excluded.max_attempts, timeout = excluded.timeout,
-		   priority = excluded.priority, backoff_max = excluded.backoff_max,
-		   registered_at = now();
-	PERFORM jobq._config_changed();
+	PERFORM jobq._check_positive('timeout', timeout);
+	PERFORM jobq._save_kind(caller, kind,
+							(pg_identify_object('pg_proc'::regclass, handler, 0)).identity,
+							queue, max_attempts, timeout, priority, backoff_max, NULL);
 END $$;
 
 /* Grants on a kind or queue go with it. */
@@ -391,7 +446,8 @@ BEGIN
 				  HINT = 'Remove the schedule with jobq.unschedule().';
 	END IF;
 	DELETE FROM jobq.handlers WHERE handlers.kind = _unregister.kind;
-	DELETE FROM jobq.grants g WHERE g.object_type = 'kind' AND g.object_name = _unregister.kind;
+	DELETE FROM jobq.grants g
+	 WHERE g.object_type IN ('kind', 'work') AND g.object_name = _unregister.kind;
 	PERFORM jobq._config_changed();
 END $$;
 
@@ -511,8 +567,9 @@ BEGIN
 END $$;
 
 /*
- * retry takes a running job no live worker holds (a stuck job), as the
- * rescuer would; a job a live worker runs is left to it.
+ * retry takes a running job no live worker holds (a stuck job), or an
+ * external job whose lease expired, as the rescuer would; a job a live
+ * worker or an unexpired lease holds is left to it.
  */
 CREATE FUNCTION jobq._claim_is_live(claim bigint) RETURNS boolean
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'jobq_claim_is_live_sql';
@@ -530,7 +587,9 @@ BEGIN
 		   max_attempts = greatest(max_attempts, attempt + 1)
 	 WHERE jobs.id = j.id
 	   AND (state NOT IN ('available', 'running')
-			OR (state = 'running' AND NOT jobq._claim_is_live(attempted_by)));
+			OR (state = 'running'
+				AND CASE WHEN external THEN lease_until < clock_timestamp()
+						 ELSE NOT jobq._claim_is_live(attempted_by) END));
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
@@ -538,7 +597,7 @@ BEGIN
 	RETURN true;
 END $$;
 COMMENT ON FUNCTION jobq.retry(bigint) IS
-	'Makes a waiting, final or stuck (running with no live worker) job available now, granting one more attempt if it had none left; false if it is available or a worker runs it';
+	'Makes a waiting, final or stuck (running with no live worker, or an expired lease) job available now, granting one more attempt if it had none left; false if it is available or a worker or lease holds it';
 
 /* ---------------------------------------------------------------------
  * Functions any role may call resolve names as jobq chose, not through
@@ -625,7 +684,7 @@ BEGIN
 		OR s.kind IN (SELECT h.kind FROM jobq.handlers h WHERE h.owner::oid = role);
 	DELETE FROM jobq.grants g
 	 WHERE g.grantee = role OR g.granted_by = role
-		OR (g.object_type = 'kind'
+		OR (g.object_type IN ('kind', 'work')
 			AND g.object_name IN (SELECT h.kind FROM jobq.handlers h WHERE h.owner::oid = role))
 		OR (g.object_type = 'queue'
 			AND g.object_name IN (SELECT q.name FROM jobq.queues q WHERE q.owner::oid = role));
@@ -639,6 +698,7 @@ BEGIN
 END $$;
 
 REVOKE ALL ON FUNCTION jobq._object_label(text, text),
+	jobq._granted(regrole, text, text, regrole),
 	jobq._check_use(regrole, text, text, regrole, boolean),
 	jobq._owner_of(text, text), jobq._grantee(text),
 	jobq._grant(regrole, text, text, text), jobq._revoke(regrole, text, text, text),
@@ -907,3 +967,201 @@ SELECT c.queue, c.kind, c.completed, c.failed,
 COMMENT ON VIEW jobq.job_metrics IS
 	'Per queue and kind: attempts completed and failed on workers, and their durations as a cumulative histogram (Prometheus style: duration_buckets[i] counts those up to duration_bounds[i] seconds)';
 GRANT SELECT ON jobq.job_metrics TO PUBLIC;
+
+/* ---------------------------------------------------------------------
+ * External workers (issue 12, src/external.c): kinds whose jobs
+ * application processes claim with jobq.claim() and finish with
+ * jobq.complete/fail/give_up/snooze, holding them by a lease that
+ * jobq.heartbeat() extends and whose expiry the rescuer acts on.
+ * --------------------------------------------------------------------- */
+
+/* An external kind has no handler and a lease instead. */
+ALTER TABLE jobq.handlers ALTER COLUMN handler DROP NOT NULL,
+	ADD COLUMN lease interval,
+	ADD CONSTRAINT handlers_handler_or_lease CHECK ((handler IS NULL) = (lease IS NOT NULL));
+COMMENT ON COLUMN jobq.handlers.lease IS
+	'External kinds (no handler): how long a claim holds a job before the rescuer takes it back, unless extended by jobq.heartbeat()';
+
+ALTER TABLE jobq.jobs ADD COLUMN external boolean NOT NULL DEFAULT false,
+	ADD COLUMN lease_until timestamptz,
+	ADD COLUMN heartbeat_at timestamptz,
+	ADD COLUMN leased_by regrole,
+	ADD COLUMN worker text,
+	ADD COLUMN progress jsonb;
+COMMENT ON COLUMN jobq.jobs.external IS
+	'Worked by external workers (jobq.claim), not by the server''s workers';
+COMMENT ON COLUMN jobq.jobs.lease_until IS
+	'External jobs: when the lease of the claim that holds or last held it ends (attempted_by is its lease token)';
+COMMENT ON COLUMN jobq.jobs.leased_by IS
+	'External jobs: the role that claimed it';
+COMMENT ON COLUMN jobq.jobs.worker IS
+	'External jobs: the name the claiming worker gave (its application_name by default)';
+COMMENT ON COLUMN jobq.jobs.progress IS
+	'External jobs: what the worker last reported with jobq.heartbeat()';
+
+/*
+ * The claim of each side walks only its own jobs: the servers' workers
+ * claim with "NOT external", external workers with "external".
+ */
+DROP INDEX jobq.jobs_available;
+CREATE INDEX jobs_available ON jobq.jobs (queue, external, priority, scheduled_at, id)
+	WHERE state = 'available';
+
+CREATE FUNCTION jobq._register_external(caller regrole, kind text, queue text,
+										max_attempts integer, lease interval, priority integer,
+										backoff_max interval)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	PERFORM jobq._check_kind(caller, kind, queue, max_attempts, priority, backoff_max);
+	PERFORM jobq._check_positive('lease', lease);
+	PERFORM jobq._save_kind(caller, kind, NULL, queue, max_attempts, lease, priority,
+							backoff_max, lease);
+END $$;
+CREATE FUNCTION jobq.register_external(kind text, queue text DEFAULT 'default',
+									   max_attempts integer DEFAULT 25,
+									   lease interval DEFAULT '5 minutes',
+									   priority integer DEFAULT 0,
+									   backoff_max interval DEFAULT NULL)
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.register_external(text, text, integer, interval, integer, interval) IS
+	'Registers a job kind worked by external workers (jobq.claim); its owner''s members and roles granted ''work'' may work it';
+
+/*
+ * Claiming.  jobq.claim is a C function that checks who may work which
+ * kinds (below), claims as jobq's owner and, with a wait, sleeps until a
+ * commit makes jobs available.
+ */
+/* Whether caller may claim and finish the jobs of an external kind. */
+CREATE FUNCTION jobq._may_work(caller regrole, h jobq.handlers) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+	SELECT h.handler IS NULL
+	   AND (pg_has_role(caller, h.owner, 'USAGE') OR jobq._granted(caller, 'work', h.kind, h.owner))
+$$;
+
+/* The kinds a claim of caller takes from the queue: kinds, or all it may work. */
+CREATE FUNCTION jobq._claim_kinds(caller regrole, queue text, kinds text[]) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	h jobq.handlers;
+	k text;
+	allowed text[];
+BEGIN
+	PERFORM jobq._check_queue(queue);
+	IF kinds IS NULL THEN
+		SELECT coalesce(array_agg(x.kind ORDER BY x.kind), '{}') INTO allowed
+		  FROM jobq.handlers x WHERE jobq._may_work(caller, x);
+		IF allowed = '{}' THEN
+			RAISE EXCEPTION 'role % may work no external job kind', caller
+				USING ERRCODE = 'insufficient_privilege',
+					  HINT = 'Register one with jobq.register_external(), or ask the owner of one for jobq.grant(''work'', kind, role).';
+		END IF;
+		RETURN allowed;
+	END IF;
+	FOREACH k IN ARRAY kinds LOOP
+		h := jobq._handler_of(k);
+		IF h.handler IS NOT NULL THEN
+			RAISE EXCEPTION 'job kind "%" is not worked by external workers', k
+				USING ERRCODE = 'wrong_object_type',
+					  HINT = 'jobq''s own workers run its jobs; register it with jobq.register_external() to work it outside.';
+		END IF;
+		IF NOT jobq._may_work(caller, h) THEN
+			PERFORM jobq._check_use(caller, 'work', k, h.owner, false);
+		END IF;
+	END LOOP;
+	RETURN kinds;
+END $$;
+
+CREATE FUNCTION jobq._claim(caller regrole, queue text, max_jobs integer, wait interval,
+							kinds text[], worker text)
+RETURNS TABLE (id bigint, kind text, args jsonb, attempt integer, max_attempts integer,
+			   lease_token bigint, lease_until timestamptz)
+LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_claim_external';
+CREATE FUNCTION jobq.claim(queue text DEFAULT 'default', max_jobs integer DEFAULT 1,
+						   wait interval DEFAULT '0', kinds text[] DEFAULT NULL,
+						   worker text DEFAULT NULL)
+RETURNS TABLE (id bigint, kind text, args jsonb, attempt integer, max_attempts integer,
+			   lease_token bigint, lease_until timestamptz)
+LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.claim(text, integer, interval, text[], text) IS
+	'External workers: claims up to max_jobs available jobs of the queue (of kinds, or every external kind the caller may work), waiting up to wait for one; each is held by its lease_token until lease_until';
+
+/* Finishing: each checks the lease token; a stale one changes nothing. */
+CREATE FUNCTION jobq._complete(caller regrole, id bigint, lease_token bigint, result jsonb)
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_complete_external';
+CREATE FUNCTION jobq.complete(id bigint, lease_token bigint, result jsonb DEFAULT NULL)
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.complete(bigint, bigint, jsonb) IS
+	'External workers: completes a claimed job (in the caller''s transaction: commits with its other effects)';
+
+CREATE FUNCTION jobq._fail(caller regrole, id bigint, lease_token bigint, error text,
+						   retry_in interval)
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_fail_external';
+CREATE FUNCTION jobq.fail(id bigint, lease_token bigint, error text,
+						  retry_in interval DEFAULT NULL)
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.fail(bigint, bigint, text, interval) IS
+	'External workers: records a failed attempt; the job is retried after retry_in (default: the backoff) or discarded when out of attempts; returns its new state';
+CREATE FUNCTION jobq._fail(caller regrole, id bigint, lease_token bigint, error jsonb,
+						   retry_in interval)
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_fail_external';
+CREATE FUNCTION jobq.fail(id bigint, lease_token bigint, error jsonb,
+						  retry_in interval DEFAULT NULL)
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.fail(bigint, bigint, jsonb, interval) IS
+	'External workers: records a failed attempt with an error object (message, detail, hint, context, sqlstate); as fail(id, lease_token, text)';
+
+CREATE FUNCTION jobq._give_up(caller regrole, id bigint, lease_token bigint, reason text)
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_give_up_external';
+CREATE FUNCTION jobq.give_up(id bigint, lease_token bigint, reason text)
+RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.give_up(bigint, bigint, text) IS
+	'External workers: discards a claimed job now, with the reason in its errors';
+
+CREATE FUNCTION jobq._snooze(caller regrole, id bigint, lease_token bigint, delay interval)
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_snooze_external';
+CREATE FUNCTION jobq.snooze(id bigint, lease_token bigint, delay interval)
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.snooze(bigint, bigint, interval) IS
+	'External workers: gives a claimed job back to run again after delay, the attempt not counted';
+CREATE FUNCTION jobq._snooze(caller regrole, id bigint, lease_token bigint, run_at timestamptz)
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_snooze_external';
+CREATE FUNCTION jobq.snooze(id bigint, lease_token bigint, run_at timestamptz)
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.snooze(bigint, bigint, timestamptz) IS
+	'External workers: gives a claimed job back to run again at run_at, the attempt not counted';
+
+CREATE FUNCTION jobq._heartbeat(caller regrole, id bigint, lease_token bigint, extend interval,
+								progress jsonb)
+RETURNS timestamptz LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_heartbeat_external';
+CREATE FUNCTION jobq.heartbeat(id bigint, lease_token bigint, extend interval DEFAULT NULL,
+							   progress jsonb DEFAULT NULL)
+RETURNS timestamptz LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.heartbeat(bigint, bigint, interval, jsonb) IS
+	'External workers: extends the lease of a claimed job to now + extend (default: its kind''s lease), records progress; returns the new lease_until';
+
+REVOKE ALL ON FUNCTION jobq._check_kind(regrole, text, text, integer, integer, interval),
+	jobq._check_positive(text, interval),
+	jobq._save_kind(regrole, text, text, text, integer, interval, integer, interval, interval),
+	jobq._register_external(regrole, text, text, integer, interval, integer, interval),
+	jobq._may_work(regrole, jobq.handlers),
+	jobq._claim_kinds(regrole, text, text[]),
+	jobq._claim(regrole, text, integer, interval, text[], text),
+	jobq._complete(regrole, bigint, bigint, jsonb),
+	jobq._fail(regrole, bigint, bigint, text, interval),
+	jobq._fail(regrole, bigint, bigint, jsonb, interval),
+	jobq._give_up(regrole, bigint, bigint, text),
+	jobq._snooze(regrole, bigint, bigint, interval),
+	jobq._snooze(regrole, bigint, bigint, timestamptz),
+	jobq._heartbeat(regrole, bigint, bigint, interval, jsonb)
+	FROM PUBLIC;
+
+/* Who holds which external job, since when, until when. */
+CREATE VIEW jobq.leases WITH (security_invoker = true) AS
+SELECT j.id, j.kind, j.queue, j.owner, j.leased_by, j.worker, j.attempt,
+	   j.attempted_at AS claimed_at, j.lease_until, j.heartbeat_at, j.progress,
+	   j.lease_until < now() AS expired
+  FROM jobq.jobs j
+ WHERE j.state = 'running' AND j.external;
+COMMENT ON VIEW jobq.leases IS
+	'External workers: the jobs they hold, who claimed each (role and worker name), when, and until when';
+GRANT SELECT ON jobq.leases TO PUBLIC;

@@ -96,8 +96,9 @@ jobq_call_as_owner(PG_FUNCTION_ARGS)
 	if (target == NULL)
 		fcinfo->flinfo->fn_extra = target = trampoline_target(fcinfo->flinfo);
 
+	/* resultinfo: a set-returning internal function returns through it */
 	InitFunctionCallInfoData(*inner, &target->flinfo, fcinfo->nargs + 1,
-							 fcinfo->fncollation, NULL, NULL);
+							 fcinfo->fncollation, NULL, fcinfo->resultinfo);
 	inner->args[0].value = ObjectIdGetDatum(caller);
 	inner->args[0].isnull = false;
 	for (int i = 0; i < fcinfo->nargs; i++)
@@ -240,8 +241,8 @@ look_at_jobs(SPIPlanPtr plan, const int64 *ids, int n, WaitedJob *jobs)
 extern bool pq_check_connection(void);
 
 /* Ends the session if its client has gone: nobody waits for the answer. */
-static void
-leave_if_client_gone(void)
+void
+jobq_leave_if_client_gone(void)
 {
 	if (whereToSendOutput == DestRemote && !pq_check_connection())
 	{
@@ -291,7 +292,7 @@ wait_for_jobs(const int64 *ids, int n, bool any, long timeout_ms, WaitedJob *job
 										   left < 0 ? WAIT_LOOK_MS : Min(left, WAIT_LOOK_MS),
 										   PG_WAIT_EXTENSION);
 		CHECK_FOR_INTERRUPTS();
-		leave_if_client_gone();
+		jobq_leave_if_client_gone();
 	}
 	ConditionVariableCancelSleep();
 	return final;

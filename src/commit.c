@@ -40,6 +40,7 @@ typedef struct PendingActions
 	bool		made_available; /* jobs became available: claims look again */
 	int64		wake_workers;	/* idle workers to wake for them */
 	bool		wake_leader;
+	bool		rescue_soon;
 	bool		jobs_finished;
 	bool		config_changed;
 	bool		recheck_database;
@@ -87,18 +88,28 @@ run_pending_actions(void)
 	if (pending.config_changed)
 		pg_atomic_fetch_add_u64(&JobqShared->config_generation, 1);
 
-	if (pending.made_available || pending.wake_leader || pending.recheck_database)
+	if (pending.made_available || pending.wake_leader || pending.rescue_soon ||
+		pending.recheck_database)
 		db_index = jobq_db_index(MyDatabaseId);
 
 	if (db_index >= 0)
 	{
+		JobqDatabase *db = &JobqShared->databases[db_index];
+
 		if (pending.made_available)
-			pg_atomic_fetch_add_u64(&JobqShared->databases[db_index].available_generation, 1);
+		{
+			/* a full barrier: a claimer counted before its look is seen */
+			pg_atomic_fetch_add_u64(&db->available_generation, 1);
+			if (pg_atomic_read_u32(&db->claim_waiters) > 0)
+				ConditionVariableBroadcast(&db->available_cv);
+		}
+		if (pending.rescue_soon)
+			pg_atomic_fetch_add_u32(&db->rescue_requests, 1);
 		if (pending.recheck_database)
 			jobq_wake_database(db_index);
 		else if (pending.wake_workers > 0)
 			jobq_wake_workers(db_index, (int) Min(pending.wake_workers, PG_INT32_MAX));
-		if (pending.wake_leader)
+		if (pending.wake_leader || pending.rescue_soon)
 			jobq_wake_leader(db_index);
 	}
 
@@ -235,6 +246,14 @@ jobq_at_commit_wake_leader(void)
 {
 	ensure_callback();
 	pending.wake_leader = true;
+}
+
+/* A lease was taken that ends before the rescuer's next run. */
+void
+jobq_at_commit_rescue_soon(void)
+{
+	ensure_callback();
+	pending.rescue_soon = true;
 }
 
 void

@@ -125,6 +125,11 @@ database_to_hold(Node *parsetree)
 			if (drops_jobq(parsetree))
 				return MyDatabaseId;
 			break;
+		case T_AlterExtensionStmt:
+			/* the processes start again on the new schema (process.c) */
+			if (strcmp(((AlterExtensionStmt *) parsetree)->extname, "jobq") == 0)
+				return MyDatabaseId;
+			break;
 		default:
 			break;
 	}

@@ -8,7 +8,13 @@
  *
  *	(enqueue)		-> scheduled | available		jobq._new_job (SQL)
  *	scheduled, retryable -> available			scheduler.c (when due)
- *	available		-> running					the claim (worker.c), attempt + 1
+ *	available		-> running					the claim (worker.c), attempt + 1;
+ *												jobq.claim (external.c) for
+ *												external jobs, with a lease
+ *
+ * An external worker's jobq.complete/fail/give_up/snooze (external.c) end
+ * its attempts through the same functions as the workers', its lease token
+ * in place of the claim.
  *	running			-> completed				jobq_jobs_complete (a batch's
  *												jobs, at its end), or
  *												jobq_job_complete
@@ -21,7 +27,8 @@
  *	running			-> retryable | discarded | available
  *												jobq_jobs_release (a batch's
  *												transaction failed)
- *	running			-> retryable | discarded	jobq_jobs_rescue (no live claim)
+ *	running			-> retryable | discarded	jobq_jobs_rescue (no live claim,
+ *												or a lease expired)
  *	any but available, running -> available		jobq._retry (SQL); also a
  *												running job with no live claim
  *	scheduled, available, retryable -> cancelled	jobq._cancel (SQL)
@@ -56,15 +63,7 @@
 "                                (SELECT h.backoff_max FROM jobq.handlers h" \
 "                                  WHERE h.kind = j.kind)) END,"
 
-/*
- * The job's row, found by its address: the primary key is the only index
- * that can serve "id = $1" alone, and a TID scan is cheaper than any index
- * scan, so no statistics can turn these plans into a scan of jobs_running
- * (whose predicate the state test below implies).  See expected/plans.out.
- */
-#define THE_JOB \
-" WHERE j.ctid = (SELECT ctid FROM jobq.jobs WHERE id = $1)" \
-"   AND j.id = $1 AND j.state = 'running' AND j.attempted_by = $2"
+#define THE_JOB JOBQ_THE_RUNNING_JOB
 
 static const JobqStatement COMPLETE = {"complete",
 "UPDATE jobq.jobs j"
@@ -182,22 +181,38 @@ THE_JOB_SKIP_LOCKED("l.attempted_by = $2")
 " RETURNING j.state::text",
 5, {INT8OID, INT8OID, BOOLOID, TEXTOID, TEXTOID}};
 
-/* see rescuer.c: $2 is the claim the job was seen running under, or NULL */
+/*
+ * See rescuer.c: $2 is the claim the job was seen running under, or NULL.
+ * An external job's lease is checked again here: a heartbeat may have
+ * extended it since the rescuer looked.
+ */
+#define RESCUE_SQL(message, claim_test) \
+"UPDATE jobq.jobs j" \
+"   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'" \
+"                    ELSE 'retryable' END::jobq.job_state," \
+"       scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at" \
+"                           ELSE now_.at + jobq._backoff(j.attempt," \
+"                                (SELECT h.backoff_max FROM jobq.handlers h" \
+"                                  WHERE h.kind = j.kind)) END," \
+"       finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now_.at END," \
+"       errors = j.errors || jsonb_build_array(jsonb_build_object(" \
+"           'attempt', j.attempt, 'at', now_.at, 'message', " message ", 'lost', true))" \
+THE_JOB_SKIP_LOCKED("l.attempted_by IS NOT DISTINCT FROM $2" claim_test) \
+" RETURNING j.state::text"
+
+#define WORKER_LOST \
+"'worker lost: the worker running this job exited or gave it up before the job ended'"
+
 static const JobqStatement RESCUE = {"rescue job",
-"UPDATE jobq.jobs j"
-"   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
-"                    ELSE 'retryable' END::jobq.job_state,"
-"       scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at"
-"                           ELSE now_.at + jobq._backoff(j.attempt,"
-"                                (SELECT h.backoff_max FROM jobq.handlers h"
-"                                  WHERE h.kind = j.kind)) END,"
-"       finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now_.at END,"
-"       errors = j.errors || jsonb_build_array(jsonb_build_object("
-"           'attempt', j.attempt, 'at', now_.at,"
-"           'message', 'worker lost: the worker running this job exited or gave it up before the job ended',"
-"           'lost', true))"
-THE_JOB_SKIP_LOCKED("l.attempted_by IS NOT DISTINCT FROM $2")
-" RETURNING j.state::text",
+RESCUE_SQL("CASE WHEN j.external"
+		   " THEN 'lease expired: the external worker holding this job neither finished it nor extended its lease in time'"
+		   " ELSE " WORKER_LOST " END",
+		   " AND (NOT l.external OR l.lease_until < clock_timestamp())"),
+2, {INT8OID, INT8OID}};
+
+/* The same on a 0.1.0 schema (jobq_schema_has_leases): no leases */
+static const JobqStatement RESCUE_0_1 = {"rescue job (0.1.0)",
+RESCUE_SQL(WORKER_LOST, ""),
 2, {INT8OID, INT8OID}};
 
 static SPIPlanPtr complete_plan;
@@ -320,7 +335,7 @@ jobq_job_fail(int64 id, uint64 claim, int64 delay_ms, ErrorData *edata)
 	const char *texts[5];
 
 	texts[0] = edata->message ? edata->message : "";
-	texts[1] = unpack_sql_state(edata->sqlerrcode);
+	texts[1] = edata->sqlerrcode ? unpack_sql_state(edata->sqlerrcode) : NULL;
 	texts[2] = edata->detail;
 	texts[3] = edata->hint;
 	texts[4] = edata->context;
@@ -410,7 +425,8 @@ jobq_jobs_rescue(int64 *ids, uint64 *claims, int n, int *ends)
 		Datum		values[2] = {Int64GetDatum(ids[i]), Int64GetDatum((int64) claims[i])};
 		char		nulls[2] = {' ', claims[i] == 0 ? 'n' : ' '};
 
-		if (transition(plan(&rescue_plan, &RESCUE), values, nulls,
+		if (transition(plan(&rescue_plan, jobq_schema_has_leases() ? &RESCUE : &RESCUE_0_1),
+					   values, nulls,
 					   SPI_OK_UPDATE_RETURNING, "rescue a job of a lost worker") == 1)
 			ends[returned_end(0)]++;
 	}

@@ -58,7 +58,17 @@
  *	  it under the lock.
  *	- JobqDatabase.available_generation is an atomic: every backend that
  *	  commits a transaction that made jobs available increments it; the
- *	  database's workers read it.
+ *	  database's workers and waiting jobq.claim() calls read it.
+ *	- JobqDatabase.claim_waiters is an atomic: a backend in jobq.claim()
+ *	  adds 1 while it waits and subtracts it after; a committing backend
+ *	  that incremented available_generation reads it and, if not 0,
+ *	  broadcasts available_cv.
+ *	- JobqDatabase.rescue_requests is an atomic: the launcher adds 1 when a
+ *	  worker exits, a worker when it leaves a job behind, and a committing
+ *	  jobq.claim() whose lease ends before rescue_due_at; the leader reads
+ *	  it when woken and then runs its rescuer.
+ *	- JobqDatabase.rescue_due_at is an atomic only the leader writes (when
+ *	  its rescuer runs next, a TimestampTz); claimers read it.
  *
  *-------------------------------------------------------------------------
  */
@@ -167,11 +177,14 @@ typedef struct JobqDatabase
 	Latch	   *leader_latch;
 	uint32		leader_key;		/* key2 of the leader lock of this election */
 	bool		leader_key_used;	/* a leader held it: draw a new one */
-	pg_atomic_uint32 lost_workers;	/* bumped when a worker exits: rescue work */
+	pg_atomic_uint32 rescue_requests;	/* rescue work: see above */
+	pg_atomic_uint64 rescue_due_at; /* when the rescuer runs next */
 	pg_atomic_uint64 available_generation;	/* bumped at the commit of a
 											 * transaction that made jobs
 											 * available: claims look from
 											 * the head again (worker.c) */
+	pg_atomic_uint32 claim_waiters; /* jobq.claim() calls waiting */
+	ConditionVariable available_cv; /* where they wait */
 } JobqDatabase;
 
 typedef struct JobqSharedState
@@ -256,6 +269,7 @@ extern int	jobq_live_claims(int db_index, uint64 *out);
 /* commit.c: what a transaction asks to happen once it commits */
 extern void jobq_at_commit_wake_workers(int howmany);
 extern void jobq_at_commit_wake_leader(void);
+extern void jobq_at_commit_rescue_soon(void);
 extern void jobq_at_commit_jobs_finished(void);
 extern void jobq_at_commit_config_changed(void);
 extern void jobq_at_commit_cancel_running(int64 job_id);
@@ -282,6 +296,7 @@ PGDLLEXPORT void jobq_launcher_main(Datum main_arg) pg_attribute_noreturn();
 /* process.c: what every jobq process does */
 extern JobqComponent *jobq_process_start(Datum main_arg, const char *app_name);
 extern bool jobq_extension_present(void);
+extern bool jobq_schema_has_leases(void);
 extern const char *jobq_process_database(void);
 extern void jobq_process_exit_if_extension_gone(JobqComponent *me);
 extern void jobq_process_handle_interrupts(void);
@@ -318,6 +333,20 @@ extern const JobqStatement *const jobq_scheduler_statements[];
 extern const JobqStatement *const jobq_cleaner_statements[];
 extern const JobqStatement *const jobq_rescuer_statements[];
 extern const JobqStatement *const jobq_metrics_statements[];
+extern const JobqStatement *const jobq_external_statements[];
+extern const JobqStatement jobq_lock_queue_statement;
+extern const JobqStatement jobq_count_running_statement;
+
+/*
+ * A running job by its id ($1), held under claim or lease token $2, found
+ * by its row's address: the primary key is the only index that can serve
+ * "id = $1" alone, and a TID scan is cheaper than any index scan, so no
+ * statistics can turn such a plan into a scan of jobs_running (whose
+ * predicate the state test implies).  See expected/plans.out.
+ */
+#define JOBQ_THE_RUNNING_JOB \
+" WHERE j.ctid = (SELECT ctid FROM jobq.jobs WHERE id = $1)" \
+"   AND j.id = $1 AND j.state = 'running' AND j.attempted_by = $2"
 
 /* metrics.c: counters of finished attempts per queue and kind */
 extern void jobq_metrics_count(const char *queue, const char *kind, bool failed, double seconds);
@@ -372,6 +401,9 @@ typedef struct JobqRequest
 } JobqRequest;
 extern JobqRequest jobq_request;
 extern void jobq_cancel_own_job(int64 job_id);
+
+/* api.c */
+extern void jobq_leave_if_client_gone(void);
 
 /* worker.c */
 PGDLLEXPORT void jobq_worker_main(Datum main_arg) pg_attribute_noreturn();

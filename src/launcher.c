@@ -338,7 +338,7 @@ process_exited(int d, JobqComponent *c, LaunchedProcess *p, bool wanted,
 
 	/* a worker's jobs may need rescue; a leader may need replacing */
 	if (c->kind == JOBQ_WORKER)
-		pg_atomic_fetch_add_u32(&db->lost_workers, 1);
+		pg_atomic_fetch_add_u32(&db->rescue_requests, 1);
 	jobq_wake_database(d);
 	jobq_wake_leader(d);
 

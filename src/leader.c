@@ -72,7 +72,7 @@ static JobqComponent *me;
 static ServiceRun services[JOBQ_NUM_SERVICES];
 static MemoryContext leader_cxt;
 static bool leading = false;
-static uint32 seen_lost_workers = 0;
+static uint32 seen_rescue_requests = 0;
 
 static uint32 my_key;			/* key2 of the leader lock we hold or try */
 
@@ -379,17 +379,17 @@ ms_until_next_service(void)
 static void
 note_wake_up(void)
 {
-	uint32		lost = pg_atomic_read_u32(&JobqShared->databases[me->db_index].lost_workers);
+	uint32		lost = pg_atomic_read_u32(&JobqShared->databases[me->db_index].rescue_requests);
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (services[JOBQ_SCHEDULER].started && services[JOBQ_SCHEDULER].failures == 0)
 		services[JOBQ_SCHEDULER].next_run = now;
 	if (services[JOBQ_PERIODIC].started && services[JOBQ_PERIODIC].failures == 0)
 		services[JOBQ_PERIODIC].next_run = now;
-	if (lost != seen_lost_workers && services[JOBQ_RESCUER].started &&
+	if (lost != seen_rescue_requests && services[JOBQ_RESCUER].started &&
 		services[JOBQ_RESCUER].failures == 0)
 	{
-		seen_lost_workers = lost;
+		seen_rescue_requests = lost;
 		services[JOBQ_RESCUER].next_run = now;
 	}
 }
@@ -414,7 +414,7 @@ lead(void)
 			(errmsg("jobq candidate %d is now the leader of database \"%s\"",
 					me->number, jobq_process_database())));
 	set_leader(true);
-	seen_lost_workers = pg_atomic_read_u32(&JobqShared->databases[me->db_index].lost_workers);
+	seen_rescue_requests = pg_atomic_read_u32(&JobqShared->databases[me->db_index].rescue_requests);
 
 	for (;;)
 	{

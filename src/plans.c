@@ -29,6 +29,7 @@ static const JobqStatement *const *const all_statements[] = {
 	jobq_rescuer_statements,
 	jobq_cleaner_statements,
 	jobq_metrics_statements,
+	jobq_external_statements,
 };
 
 /* EXPLAIN (COSTS OFF) of the statement's generic plan, one text. */

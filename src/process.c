@@ -28,6 +28,7 @@
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
@@ -110,6 +111,26 @@ bool
 jobq_extension_present(void)
 {
 	return OidIsValid(get_extension_oid("jobq", true));
+}
+
+/*
+ * Whether the installed schema has external workers' columns (0.2.0 and
+ * later): after a package upgrade the library runs against the old schema
+ * until ALTER EXTENSION jobq UPDATE, which restarts jobq's processes (see
+ * ddl.c), so a process asks once.  In a transaction.
+ */
+bool
+jobq_schema_has_leases(void)
+{
+	static int	has = -1;
+
+	if (has < 0)
+	{
+		Oid			jobs = get_relname_relid("jobs", get_namespace_oid("jobq", false));
+
+		has = OidIsValid(jobs) && get_attnum(jobs, "external") != InvalidAttrNumber;
+	}
+	return has == 1;
 }
 
 /*

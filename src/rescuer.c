@@ -23,6 +23,11 @@
  * rows locked by others (a user's jobq.cancel in progress): no user
  * session can make the rescuer wait.
  *
+ * An external job (external.c) is held by a lease instead: it is lost
+ * once lease_until has passed, and the rescuer runs again when the
+ * earliest lease ends.  It publishes that time (rescue_due_at); a claim
+ * whose lease ends before it asks for a run at its commit.
+ *
  *-------------------------------------------------------------------------
  */
 #include "jobq.h"
@@ -33,13 +38,23 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 #define LOCKED_RECHECK_MS	1000	/* lost jobs locked by a user session */
 
 static SPIPlanPtr running_plan;
 
+/* leased: an external job whose lease has not ended; lease_ms: until it does */
 static const JobqStatement RUNNING = {"running jobs",
-"SELECT id, attempted_by FROM jobq.jobs WHERE state = 'running'",
+"SELECT j.id, j.attempted_by, j.external AND j.lease_until >= now_.at AS leased,"
+"       (extract(epoch FROM j.lease_until - now_.at) * 1000)::float8 AS lease_ms"
+"  FROM jobq.jobs j, (SELECT clock_timestamp() AS at) AS now_"
+" WHERE j.state = 'running'",
+0, {0}};
+
+/* The same on a 0.1.0 schema (jobq_schema_has_leases): no leases */
+static const JobqStatement RUNNING_0_1 = {"running jobs (0.1.0)",
+"SELECT id, attempted_by, false, 0::float8 FROM jobq.jobs WHERE state = 'running'",
 0, {0}};
 
 const JobqStatement *const jobq_rescuer_statements[] = {&RUNNING, NULL};
@@ -47,7 +62,7 @@ const JobqStatement *const jobq_rescuer_statements[] = {&RUNNING, NULL};
 static void
 rescuer_start(void)
 {
-	running_plan = jobq_prepare_statement(&RUNNING);
+	running_plan = jobq_prepare_statement(jobq_schema_has_leases() ? &RUNNING : &RUNNING_0_1);
 }
 
 static void
@@ -67,7 +82,7 @@ is_live(uint64 claim, const uint64 *live, int nlive)
 }
 
 static long
-rescuer_run(int db_index)
+rescuer_run_once(int db_index)
 {
 	uint64	   *live = palloc(sizeof(uint64) * max_worker_processes);
 	int			nlive;
@@ -77,6 +92,7 @@ rescuer_run(int db_index)
 	int			ends[JOBQ_NUM_ENDS] = {0};
 	int			rescued;
 	uint64		nrunning;
+	long		next_ms = jobq_rescue_interval_ms;
 
 	if (jobq_execute_plan(running_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list running jobs");
@@ -91,8 +107,18 @@ rescuer_run(int db_index)
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		bool		isnull;
 		Datum		id = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
-		Datum		by = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+		Datum		leased = SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull);
+		Datum		by;
 
+		if (!isnull && DatumGetBool(leased))
+		{
+			/* 1 ms after it ends: a lease ends once lease_until has passed */
+			Datum		lease_ms = SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull);
+
+			next_ms = Min(next_ms, (long) DatumGetFloat8(lease_ms) + 1);
+			continue;
+		}
+		by = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
 		if (!isnull && is_live((uint64) DatumGetInt64(by), live, nlive))
 			continue;
 		ids[nlost] = DatumGetInt64(id);
@@ -100,7 +126,7 @@ rescuer_run(int db_index)
 		nlost++;
 	}
 	if (nlost == 0)
-		return jobq_rescue_interval_ms;
+		return next_ms;
 
 	jobq_jobs_rescue(ids, claims, nlost, ends);
 	rescued = ends[JOBQ_END_RETRYABLE] + ends[JOBQ_END_DISCARDED];
@@ -116,8 +142,18 @@ rescuer_run(int db_index)
 	}
 	/* some were locked by a user session (or ended meanwhile): look again soon */
 	if (nlost > rescued)
-		return Min(jobq_rescue_interval_ms, LOCKED_RECHECK_MS);
-	return jobq_rescue_interval_ms;
+		return Min(next_ms, LOCKED_RECHECK_MS);
+	return next_ms;
+}
+
+static long
+rescuer_run(int db_index)
+{
+	long		next_ms = rescuer_run_once(db_index);
+
+	pg_atomic_write_u64(&JobqShared->databases[db_index].rescue_due_at,
+						(uint64) TimestampTzPlusMilliseconds(GetCurrentTimestamp(), next_ms));
+	return next_ms;
 }
 
 const JobqServiceDef jobq_rescuer_service = {

@@ -106,7 +106,10 @@ jobq_shmem_startup(void)
 
 			db->state = JOBQ_DB_FREE;
 			db->leader = -1;
-			pg_atomic_init_u32(&db->lost_workers, 0);
+			pg_atomic_init_u32(&db->rescue_requests, 0);
+			pg_atomic_init_u64(&db->rescue_due_at, 0);
+			pg_atomic_init_u32(&db->claim_waiters, 0);
+			ConditionVariableInit(&db->available_cv);
 			pg_atomic_init_u64(&db->available_generation, 0);
 			for (int i = 0; i < max_worker_processes; i++)
 				component_init(&slots[i], JOBQ_WORKER, i, d);

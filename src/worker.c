@@ -189,7 +189,8 @@ static SPIPlanPtr load_kinds_plan;
 static SPIPlanPtr load_queues_plan;
 
 /*
- * The claim: up to $3 available jobs of queue $2, in run order (after the
+ * The claim: up to $3 available jobs of queue $2 (not those of external
+ * workers, see external.c), in run order (after the
  * key where_after names, if any), marked running under claim $1.  A job
  * that must run alone -- its previous worker died, or its kind is one of
  * $4 (procedures) -- is claimed at most $5 (0 or 1) at a time: if it kills
@@ -200,13 +201,13 @@ static SPIPlanPtr load_queues_plan;
  * transaction may have begun before the job's enqueue did.  The locked
  * rows are updated by address (the version the lock took).
  */
-#define CLAIM_SQL(where_after) \
+#define CLAIM_SQL(where_after, own_jobs) \
 "WITH locked AS MATERIALIZED (" \
 "    SELECT j.ctid AS tid, j.priority, j.scheduled_at, j.id," \
 "           coalesce((j.errors -> -1 ->> 'lost')::boolean, false)" \
 "             OR j.kind = ANY ($4) AS alone" \
 "      FROM jobq.jobs j" \
-"     WHERE j.state = 'available' AND j.queue = $2" where_after \
+"     WHERE j.state = 'available' AND j.queue = $2" own_jobs where_after \
 "       AND NOT EXISTS (SELECT FROM jobq.queues q WHERE q.name = $2 AND q.paused)" \
 "     ORDER BY j.priority, j.scheduled_at, j.id" \
 "     LIMIT $3" \
@@ -228,13 +229,24 @@ static SPIPlanPtr load_queues_plan;
 "       c.priority, c.scheduled_at, (SELECT count(*) FROM locked) AS locked, c.tid" \
 "  FROM claimed c ORDER BY c.priority, c.scheduled_at, c.id"
 
+#define OWN_JOBS " AND NOT j.external"
+#define AFTER_CURSOR " AND (j.priority, j.scheduled_at, j.id) > ($6, $7, $8)"
+
 static const JobqStatement CLAIM = {"claim",
-	CLAIM_SQL(""),
+	CLAIM_SQL("", OWN_JOBS),
 	5, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID}};
 
 /* $6, $7, $8: the queue's cursor (see claim_jobs) */
 static const JobqStatement CLAIM_AFTER = {"claim after cursor",
-	CLAIM_SQL(" AND (j.priority, j.scheduled_at, j.id) > ($6, $7, $8)"),
+	CLAIM_SQL(AFTER_CURSOR, OWN_JOBS),
+	8, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID, INT2OID, TIMESTAMPTZOID, INT8OID}};
+
+/* The same on a 0.1.0 schema, which has no external jobs (jobq_schema_has_leases) */
+static const JobqStatement CLAIM_0_1 = {"claim (0.1.0)",
+	CLAIM_SQL("", ""),
+	5, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID}};
+static const JobqStatement CLAIM_AFTER_0_1 = {"claim after cursor (0.1.0)",
+	CLAIM_SQL(AFTER_CURSOR, ""),
 	8, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID, INT2OID, TIMESTAMPTZOID, INT8OID}};
 
 /*
@@ -257,26 +269,31 @@ static const JobqStatement QUEUES_WITH_JOBS = {"queues with jobs",
  * Serialises claimers of a limited queue; no row: paused, gone, or locked
  * by another claimer or a user's open transaction (skipped this time).
  */
-static const JobqStatement LOCK_QUEUE = {"lock limited queue",
+const JobqStatement jobq_lock_queue_statement = {"lock limited queue",
 "SELECT concurrency FROM jobq.queues WHERE name = $1 AND NOT paused"
 "   FOR UPDATE SKIP LOCKED",
 1, {TEXTOID}};
 
-static const JobqStatement COUNT_RUNNING = {"count running of queue",
+const JobqStatement jobq_count_running_statement = {"count running of queue",
 "SELECT count(*) FROM jobq.jobs WHERE state = 'running' AND queue = $1",
 1, {TEXTOID}};
 
 const JobqStatement *const jobq_worker_statements[] = {
-	&CLAIM, &CLAIM_AFTER, &QUEUES_WITH_JOBS, &LOCK_QUEUE, &COUNT_RUNNING, NULL
+	&CLAIM, &CLAIM_AFTER, &QUEUES_WITH_JOBS, &jobq_lock_queue_statement,
+	&jobq_count_running_statement, NULL
 };
 
-/* handler is text, or regprocedure in a schema not yet updated from 0.1.0 */
+/*
+ * handler is text, or regprocedure in a schema not yet updated from 0.1.0;
+ * external kinds (no handler) are not ours
+ */
 static const char *LOAD_KINDS_SQL =
 "SELECT h.kind, p.oid,"
 "       (extract(epoch FROM h.timeout) * 1000)::int8,"
 "       (extract(epoch FROM h.backoff_max) * 1000)::int8,"
 "       coalesce(p.prokind = 'p', false), h.handler"
-"  FROM jobq.handlers h LEFT JOIN pg_proc p ON p.oid = to_regprocedure(h.handler::text)";
+"  FROM jobq.handlers h LEFT JOIN pg_proc p ON p.oid = to_regprocedure(h.handler::text)"
+" WHERE h.handler IS NOT NULL";
 
 static const char *LOAD_QUEUES_SQL =
 "SELECT name, paused, concurrency IS NOT NULL FROM jobq.queues";
@@ -286,11 +303,12 @@ prepare_plans(void)
 {
 	if (claim_plan != NULL)
 		return;
-	claim_plan = jobq_prepare_statement(&CLAIM);
-	claim_after_plan = jobq_prepare_statement(&CLAIM_AFTER);
+	claim_plan = jobq_prepare_statement(jobq_schema_has_leases() ? &CLAIM : &CLAIM_0_1);
+	claim_after_plan = jobq_prepare_statement(jobq_schema_has_leases() ?
+											  &CLAIM_AFTER : &CLAIM_AFTER_0_1);
 	queues_with_jobs_plan = jobq_prepare_statement(&QUEUES_WITH_JOBS);
-	lock_queue_plan = jobq_prepare_statement(&LOCK_QUEUE);
-	count_running_plan = jobq_prepare_statement(&COUNT_RUNNING);
+	lock_queue_plan = jobq_prepare_statement(&jobq_lock_queue_statement);
+	count_running_plan = jobq_prepare_statement(&jobq_count_running_statement);
 	load_kinds_plan = jobq_prepare(LOAD_KINDS_SQL, 0, NULL);
 	load_queues_plan = jobq_prepare(LOAD_QUEUES_SQL, 0, NULL);
 }
@@ -1485,7 +1503,7 @@ jobq_worker_main(Datum main_arg)
 			JobqDatabase *db = &JobqShared->databases[me->db_index];
 
 			left_behind = false;
-			pg_atomic_fetch_add_u32(&db->lost_workers, 1);
+			pg_atomic_fetch_add_u32(&db->rescue_requests, 1);
 			jobq_wake_leader(me->db_index);
 		}
 
