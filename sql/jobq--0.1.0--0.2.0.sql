@@ -359,9 +359,11 @@ RETURNS void LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
 	old jobq.handlers;
+	existed boolean;
 BEGIN
 	SELECT * INTO old FROM jobq.handlers h WHERE h.kind = _save_kind.kind FOR UPDATE;
-	IF FOUND THEN
+	existed := FOUND;
+	IF existed THEN
 		PERFORM jobq._check_member(caller, old.owner, format('job kind "%s"', kind));
 	END IF;
 	INSERT INTO jobq.handlers AS h (kind, handler, queue, max_attempts, timeout,
@@ -372,7 +374,7 @@ BEGIN
 		   max_attempts = excluded.max_attempts, timeout = excluded.timeout,
 		   priority = excluded.priority, backoff_max = excluded.backoff_max,
 		   lease = excluded.lease, registered_at = now();
-	IF FOUND AND (old.handler IS NULL) <> (handler IS NULL) THEN
+	IF existed AND (old.handler IS NULL) <> (handler IS NULL) THEN
 		UPDATE jobq.jobs j SET external = (_save_kind.handler IS NULL)
 		 WHERE j.kind = _save_kind.kind AND j.state IN ('scheduled', 'available', 'retryable');
 		PERFORM jobq._wake_workers_at_commit(1);

@@ -44,17 +44,16 @@
 
 static SPIPlanPtr running_plan;
 
-/* leased: an external job whose lease has not ended; lease_ms: until it does */
+/* lease_ms: for an external job, how long until its lease ends (< 0: ended) */
 static const JobqStatement RUNNING = {"running jobs",
-"SELECT j.id, j.attempted_by, j.external AND j.lease_until >= now_.at AS leased,"
-"       (extract(epoch FROM j.lease_until - now_.at) * 1000)::float8 AS lease_ms"
-"  FROM jobq.jobs j, (SELECT clock_timestamp() AS at) AS now_"
-" WHERE j.state = 'running'",
+"SELECT id, attempted_by, external,"
+"       (extract(epoch FROM lease_until - (SELECT clock_timestamp())) * 1000)::float8"
+"  FROM jobq.jobs WHERE state = 'running'",
 0, {0}};
 
 /* The same on a 0.1.0 schema (jobq_schema_has_leases): no leases */
 static const JobqStatement RUNNING_0_1 = {"running jobs (0.1.0)",
-"SELECT id, attempted_by, false, 0::float8 FROM jobq.jobs WHERE state = 'running'",
+"SELECT id, attempted_by, false, NULL::float8 FROM jobq.jobs WHERE state = 'running'",
 0, {0}};
 
 const JobqStatement *const jobq_rescuer_statements[] = {&RUNNING, NULL};
@@ -107,19 +106,18 @@ rescuer_run_once(int db_index)
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		bool		isnull;
 		Datum		id = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
-		Datum		leased = SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull);
+		bool		external = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+		Datum		lease_ms = SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull);
 		Datum		by;
 
-		if (!isnull && DatumGetBool(leased))
+		if (external && !isnull && DatumGetFloat8(lease_ms) >= 0)
 		{
 			/* 1 ms after it ends: a lease ends once lease_until has passed */
-			Datum		lease_ms = SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull);
-
 			next_ms = Min(next_ms, (long) DatumGetFloat8(lease_ms) + 1);
 			continue;
 		}
 		by = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
-		if (!isnull && is_live((uint64) DatumGetInt64(by), live, nlive))
+		if (!external && !isnull && is_live((uint64) DatumGetInt64(by), live, nlive))
 			continue;
 		ids[nlost] = DatumGetInt64(id);
 		claims[nlost] = isnull ? 0 : (uint64) DatumGetInt64(by);
