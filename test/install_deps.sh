@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl make gcc prometheus-postgres-exporter
-	python3-psycopg python3-psycopg2)
+	python3-psycopg python3-psycopg2 pgbouncer)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
