@@ -1033,11 +1033,13 @@ COMMENT ON FUNCTION jobq.register_external(text, text, integer, interval, intege
  * kinds (below), claims as jobq's owner and, with a wait, sleeps until a
  * commit makes jobs available.
  */
-/* Whether caller may claim and finish the jobs of an external kind. */
+/*
+ * Whether caller may claim and finish the external jobs of a kind (a kind
+ * moved to jobq's workers keeps its held external jobs until they end).
+ */
 CREATE FUNCTION jobq._may_work(caller regrole, h jobq.handlers) RETURNS boolean
 LANGUAGE sql STABLE AS $$
-	SELECT h.handler IS NULL
-	   AND (pg_has_role(caller, h.owner, 'USAGE') OR jobq._granted(caller, 'work', h.kind, h.owner))
+	SELECT pg_has_role(caller, h.owner, 'USAGE') OR jobq._granted(caller, 'work', h.kind, h.owner)
 $$;
 
 /* The kinds a claim of caller takes from the queue: kinds, or all it may work. */
@@ -1051,7 +1053,7 @@ BEGIN
 	PERFORM jobq._check_queue(queue);
 	IF kinds IS NULL THEN
 		SELECT coalesce(array_agg(x.kind ORDER BY x.kind), '{}') INTO allowed
-		  FROM jobq.handlers x WHERE jobq._may_work(caller, x);
+		  FROM jobq.handlers x WHERE x.handler IS NULL AND jobq._may_work(caller, x);
 		IF allowed = '{}' THEN
 			RAISE EXCEPTION 'role % may work no external job kind', caller
 				USING ERRCODE = 'insufficient_privilege',
@@ -1105,7 +1107,7 @@ COMMENT ON FUNCTION jobq.fail(bigint, bigint, text, interval) IS
 	'External workers: records a failed attempt; the job is retried after retry_in (default: the backoff) or discarded when out of attempts; returns its new state';
 CREATE FUNCTION jobq._fail(caller regrole, id bigint, lease_token bigint, error jsonb,
 						   retry_in interval)
-RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_fail_external';
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_fail_external_jsonb';
 CREATE FUNCTION jobq.fail(id bigint, lease_token bigint, error jsonb,
 						  retry_in interval DEFAULT NULL)
 RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
@@ -1120,13 +1122,13 @@ COMMENT ON FUNCTION jobq.give_up(bigint, bigint, text) IS
 	'External workers: discards a claimed job now, with the reason in its errors';
 
 CREATE FUNCTION jobq._snooze(caller regrole, id bigint, lease_token bigint, delay interval)
-RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_snooze_external';
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_snooze_external_for';
 CREATE FUNCTION jobq.snooze(id bigint, lease_token bigint, delay interval)
 RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
 COMMENT ON FUNCTION jobq.snooze(bigint, bigint, interval) IS
 	'External workers: gives a claimed job back to run again after delay, the attempt not counted';
 CREATE FUNCTION jobq._snooze(caller regrole, id bigint, lease_token bigint, run_at timestamptz)
-RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_snooze_external';
+RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_snooze_external_until';
 CREATE FUNCTION jobq.snooze(id bigint, lease_token bigint, run_at timestamptz)
 RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
 COMMENT ON FUNCTION jobq.snooze(bigint, bigint, timestamptz) IS
@@ -1156,6 +1158,13 @@ REVOKE ALL ON FUNCTION jobq._check_kind(regrole, text, text, integer, integer, i
 	jobq._snooze(regrole, bigint, bigint, timestamptz),
 	jobq._heartbeat(regrole, bigint, bigint, interval, jsonb)
 	FROM PUBLIC;
+
+/* An external worker sees the jobs it claimed. */
+ALTER POLICY jobs_visible ON jobq.jobs
+	USING (pg_catalog.pg_has_role(owner, 'USAGE')
+		   OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+		   OR jobq._sees_job(owner, queue, kind)
+		   OR (leased_by IS NOT NULL AND pg_catalog.pg_has_role(leased_by, 'USAGE')));
 
 /* Who holds which external job, since when, until when. */
 CREATE VIEW jobq.leases WITH (security_invoker = true) AS

@@ -446,9 +446,8 @@ typedef struct HeldJob
 } HeldJob;
 
 /*
- * The job the caller names, for working it: an error unless it exists, is
- * an external job and the caller may work its kind (jobs it may not work
- * do not exist for it).
+ * The job the caller names, for working it: an error unless it exists (for
+ * the caller: it may work its kind) and is an external job.
  */
 static HeldJob
 look_up(Oid caller, int64 id, int64 token)
@@ -460,16 +459,14 @@ look_up(Oid caller, int64 id, int64 token)
 
 	if (run(plan(&look_up_plan, &LOOK_UP), values, NULL, SPI_OK_SELECT, "look up a job") == 0 ||
 		!column_bool(7))
-	{
-		if (SPI_processed == 1 && !column_bool(2))
-			ereport(ERROR,
-					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-					 errmsg("job " INT64_FORMAT " is not an external job", id),
-					 errdetail("jobq's own workers run it.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("job " INT64_FORMAT " does not exist", id)));
-	}
+	if (!column_bool(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("job " INT64_FORMAT " is not an external job", id),
+				 errdetail("jobq's own workers run it.")));
 	job.id = id;
 	job.token = token;
 	job.kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -548,8 +545,10 @@ state_datum(FunctionCallInfo fcinfo, JobqEnd end)
 
 PG_FUNCTION_INFO_V1(jobq_complete_external);
 PG_FUNCTION_INFO_V1(jobq_fail_external);
+PG_FUNCTION_INFO_V1(jobq_fail_external_jsonb);
 PG_FUNCTION_INFO_V1(jobq_give_up_external);
-PG_FUNCTION_INFO_V1(jobq_snooze_external);
+PG_FUNCTION_INFO_V1(jobq_snooze_external_for);
+PG_FUNCTION_INFO_V1(jobq_snooze_external_until);
 PG_FUNCTION_INFO_V1(jobq_heartbeat_external);
 
 /* jobq._complete(caller, id, lease_token, result) */
@@ -568,16 +567,14 @@ jobq_complete_external(PG_FUNCTION_ARGS)
 
 /* An error entry from the error argument: text, or an object of its fields. */
 static void
-error_from_arg(FunctionCallInfo fcinfo, ErrorData *edata)
+error_from_arg(FunctionCallInfo fcinfo, bool is_jsonb, ErrorData *edata)
 {
-	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, 3);
-
 	memset(edata, 0, sizeof(*edata));
 	if (PG_ARGISNULL(3))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("the error of jobq.fail() must not be null")));
-	if (type != JSONBOID)
+	if (!is_jsonb)
 	{
 		edata->message = TextDatumGetCString(PG_GETARG_DATUM(3));
 		return;
@@ -627,15 +624,15 @@ error_from_arg(FunctionCallInfo fcinfo, ErrorData *edata)
 }
 
 /* jobq._fail(caller, id, lease_token, error text | jsonb, retry_in) */
-Datum
-jobq_fail_external(PG_FUNCTION_ARGS)
+static Datum
+fail_external(FunctionCallInfo fcinfo, bool error_is_jsonb)
 {
 	HeldJob		job = held_job_arg(fcinfo);
 	ErrorData	edata;
 	int64		delay_ms;
 	JobqEnd		end;
 
-	error_from_arg(fcinfo, &edata);
+	error_from_arg(fcinfo, error_is_jsonb, &edata);
 	if (PG_ARGISNULL(4))
 		delay_ms = jobq_retry_backoff_ms(job.attempt, job.backoff_max_ms);
 	else if ((delay_ms = jobq_interval_ms(PG_GETARG_INTERVAL_P(4))) < 0)
@@ -648,6 +645,18 @@ jobq_fail_external(PG_FUNCTION_ARGS)
 	announce(end);
 	SPI_finish();
 	PG_RETURN_DATUM(state_datum(fcinfo, end));
+}
+
+Datum
+jobq_fail_external(PG_FUNCTION_ARGS)
+{
+	return fail_external(fcinfo, false);
+}
+
+Datum
+jobq_fail_external_jsonb(PG_FUNCTION_ARGS)
+{
+	return fail_external(fcinfo, true);
 }
 
 /* jobq._give_up(caller, id, lease_token, reason) */
@@ -668,8 +677,8 @@ jobq_give_up_external(PG_FUNCTION_ARGS)
 }
 
 /* jobq._snooze(caller, id, lease_token, delay interval | run_at timestamptz) */
-Datum
-jobq_snooze_external(PG_FUNCTION_ARGS)
+static Datum
+snooze_external(FunctionCallInfo fcinfo, bool is_delay)
 {
 	HeldJob		job = held_job_arg(fcinfo);
 	TimestampTz run_at;
@@ -679,7 +688,7 @@ jobq_snooze_external(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("the delay or time of jobq.snooze() must not be null")));
-	if (get_fn_expr_argtype(fcinfo->flinfo, 3) == INTERVALOID)
+	if (is_delay)
 	{
 		if (jobq_interval_ms(PG_GETARG_INTERVAL_P(3)) < 0)
 			ereport(ERROR,
@@ -711,6 +720,18 @@ jobq_snooze_external(PG_FUNCTION_ARGS)
 	announce(end);
 	SPI_finish();
 	PG_RETURN_DATUM(state_datum(fcinfo, end));
+}
+
+Datum
+jobq_snooze_external_for(PG_FUNCTION_ARGS)
+{
+	return snooze_external(fcinfo, true);
+}
+
+Datum
+jobq_snooze_external_until(PG_FUNCTION_ARGS)
+{
+	return snooze_external(fcinfo, false);
 }
 
 /* jobq._heartbeat(caller, id, lease_token, extend, progress) */
