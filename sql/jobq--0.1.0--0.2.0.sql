@@ -260,7 +260,8 @@ BEGIN
 			END IF;
 		END LOOP;
 	END IF;
-	PERFORM jobq._wake_for(j.state, CASE WHEN j.paused THEN 0 ELSE 1 END);
+	/* jobq's workers do not run external jobs: waiting claims are woken */
+	PERFORM jobq._wake_for(j.state, CASE WHEN j.paused OR j.external THEN 0 ELSE 1 END);
 	RETURN job_id;
 END $$;
 
@@ -292,7 +293,7 @@ BEGIN
 		 ORDER BY a.n
 		RETURNING id)
 	SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO ids FROM inserted;
-	PERFORM jobq._wake_for(j.state, CASE WHEN j.paused THEN 0 ELSE cardinality(ids) END);
+	PERFORM jobq._wake_for(j.state, CASE WHEN j.paused OR j.external THEN 0 ELSE cardinality(ids) END);
 	RETURN ids;
 END $$;
 

@@ -156,6 +156,7 @@ typedef struct ClaimCall
 	bool		worker_isnull;
 	ReturnSetInfo *rsinfo;
 	TimestampTz earliest_lease;
+	bool		waits;			/* it may look more than once */
 	bool		limited;		/* the queue limits its running jobs */
 } ClaimCall;
 
@@ -202,12 +203,16 @@ claim_some(ClaimCall *c, int64 limit)
 }
 
 /*
- * A limited queue: its row locked (as the servers' workers do) to count its
- * running jobs and claim within the room left, in a subtransaction so that
- * a claim of nothing lets the lock go at once, not when the wait ends.
+ * A look that may leave locks behind it for longer than a statement: a
+ * waiting claim's (FOR UPDATE keeps the lock on a row that another claim
+ * took after our snapshot, though the row no longer qualifies: its worker's
+ * complete would wait for our whole wait), or a limited queue's (its row
+ * is locked, as the servers' workers do, to count its running jobs and
+ * claim within the room left).  In a subtransaction, rolled back when it
+ * claimed nothing, so that such locks go at once.
  */
 static int
-claim_from_limited(ClaimCall *c)
+claim_in_subtransaction(ClaimCall *c)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -219,8 +224,10 @@ claim_from_limited(ClaimCall *c)
 	{
 		bool		isnull;
 
-		if (run(plan(&lock_queue_plan, &jobq_lock_queue_statement), &c->queue, NULL,
-				SPI_OK_SELECT, "lock a limited queue") == 1)
+		if (!c->limited)
+			n = claim_some(c, c->max_jobs);
+		else if (run(plan(&lock_queue_plan, &jobq_lock_queue_statement), &c->queue, NULL,
+					 SPI_OK_SELECT, "lock a limited queue") == 1)
 		{
 			int32		concurrency = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 																  SPI_tuptable->tupdesc, 1, &isnull));
@@ -251,12 +258,34 @@ claim_from_limited(ClaimCall *c)
 	return n;
 }
 
+/*
+ * Whether jobq.enabled lets jobs be handed out here: not when this session
+ * has it off (postgresql.conf, or the database's setting when it
+ * connected), nor once ALTER DATABASE turned it off (see jobq.h).
+ */
+static bool
+enabled_here(void)
+{
+	int			db_index = jobq_db_index(MyDatabaseId);
+	bool		off = false;
+
+	if (!jobq_enabled)
+		return false;
+	if (db_index >= 0)
+	{
+		LWLockAcquire(JobqShared->lock, LW_SHARED);
+		off = JobqShared->databases[db_index].off;
+		LWLockRelease(JobqShared->lock);
+	}
+	return !off;
+}
+
 /* One look: claims what it can now. */
 static int
 claim_once(ClaimCall *c)
 {
 	/* switched off (a restored copy, say): nothing is handed out */
-	if (!jobq_enabled || jobq_database_off(MyDatabaseId))
+	if (!enabled_here())
 		return 0;
 	if (run(plan(&queue_limited_plan, &QUEUE_LIMITED), &c->queue, NULL,
 			SPI_OK_SELECT, "look at a queue") == 0)
@@ -264,8 +293,8 @@ claim_once(ClaimCall *c)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("queue \"%s\" does not exist", TextDatumGetCString(c->queue))));
 	c->limited = column_bool(1);
-	if (c->limited)
-		return claim_from_limited(c);
+	if (c->limited || c->waits)
+		return claim_in_subtransaction(c);
 	return claim_some(c, c->max_jobs);
 }
 
@@ -387,6 +416,7 @@ jobq_claim_external(PG_FUNCTION_ARGS)
 	c.caller = PG_GETARG_OID(0);
 	c.queue = PG_GETARG_DATUM(1);
 	c.max_jobs = PG_GETARG_INT32(2);
+	c.waits = wait_ms > 0;
 	c.token = Int64GetDatum(new_token());
 	c.earliest_lease = DT_NOEND;
 	if (!PG_ARGISNULL(5))
@@ -517,7 +547,8 @@ announce(JobqEnd end)
 	switch (end)
 	{
 		case JOBQ_END_AVAILABLE:
-			jobq_at_commit_wake_workers(1);
+			/* for waiting claims: jobq's workers do not run external jobs */
+			jobq_at_commit_wake_workers(0);
 			break;
 		case JOBQ_END_SCHEDULED:
 		case JOBQ_END_RETRYABLE:

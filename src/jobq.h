@@ -54,8 +54,8 @@
  *	  (and reset by the launcher, under it too, when it assigns the slot).
  *	- JobqDatabase.off is written under JobqShared->lock held exclusively
  *	  by the probing candidate (from the catalog) and by a backend that
- *	  commits ALTER DATABASE ... SET/RESET jobq.enabled; the launcher reads
- *	  it under the lock.
+ *	  commits ALTER DATABASE ... SET/RESET jobq.enabled; the launcher and
+ *	  jobq.claim() (external.c) read it under the lock.
  *	- JobqDatabase.available_generation is an atomic: every backend that
  *	  commits a transaction that made jobs available increments it; the
  *	  database's workers and waiting jobq.claim() calls read it.
