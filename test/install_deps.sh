@@ -6,6 +6,8 @@ set -euo pipefail
 
 packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl make gcc prometheus-postgres-exporter
 	python3-psycopg python3-psycopg2 pgbouncer)
+# the HTTP call of examples/psql/worker.sh (test/t/111_examples.pl)
+packages+=(curl)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,10 +16,12 @@ done
 command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 
 # the node-postgres driver of README's client snippet (test/t/105_clients.pl)
+# and of the example worker examples/node/worker.js (test/t/111_examples.pl)
 install_node_modules() {
 	local dir
-	dir="$(dirname "$0")/clients"
-	[ -d "$dir/node_modules/pg" ] || npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+	for dir in "$(dirname "$0")/clients" "$(dirname "$0")/../examples/node"; do
+		[ -d "$dir/node_modules/pg" ] || npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+	done
 }
 
 if [ ${#missing[@]} -eq 0 ]; then
