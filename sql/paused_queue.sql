@@ -51,6 +51,9 @@ SELECT dblink_connect('locker', format('dbname=%s port=%s host=%s', current_data
 	   current_setting('port'), split_part(current_setting('unix_socket_directories'), ',', 1)));
 SELECT dblink_exec('locker', 'BEGIN');
 SELECT dblink_exec('locker', 'LOCK TABLE pg_catalog.pg_extension IN ACCESS EXCLUSIVE MODE');
+-- wake every idle worker at once: each blocks for jobq's lock_timeout (then
+-- backs off), so they are all seen blocked only if they start together
+SELECT jobq._wake_workers_at_commit(current_setting('jobq.workers')::int);
 SELECT pq.await_blocked_workers(current_setting('jobq.workers')::int);
 -- pause the queue meanwhile, then let them go on
 SELECT jobq.pause('pq');
