@@ -148,6 +148,30 @@ SELECT jobq.give_up(:c, :c_tok, 'no such mailbox');
 SELECT state, errors->-1->>'message' AS message, errors->-1->'given_up' AS given_up
   FROM jobq.jobs WHERE id = :c;
 
+-- complete_many: all of a claim in one call, or none of it
+SELECT jobq.enqueue_many('mail', ARRAY['{"to": "m1"}', '{"to": "m2"}', '{"to": "m3"}']::jsonb[]) AS m \gset
+SELECT count(*) FROM jobq.claim('ext_q', max_jobs => 3);
+SELECT array_agg(id ORDER BY id) AS m_ids, array_agg(attempted_by ORDER BY id) AS m_toks
+  FROM jobq.jobs WHERE id = ANY (:'m') \gset
+\set VERBOSITY sqlstate
+SELECT jobq.complete_many(:'m_ids', (:'m_toks'::bigint[])[1:2] || 0::bigint);
+\set VERBOSITY default
+SELECT count(*) FILTER (WHERE state = 'running') AS running FROM jobq.jobs WHERE id = ANY (:'m');
+SELECT jobq.complete_many(:'m_ids', :'m_toks', ARRAY['{"n": 1}', NULL, '{"n": 3}']::jsonb[]);
+SELECT state, result FROM jobq.jobs WHERE id = ANY (:'m') ORDER BY id;
+\set VERBOSITY sqlstate
+SELECT jobq.complete_many(:'m_ids', :'m_toks');
+\set VERBOSITY default
+SELECT jobq.complete_many(:'m_ids', '{1}');
+SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '22023');
+SELECT jobq.complete_many(ARRAY[NULL]::bigint[], '{1}');
+SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '22004');
+SELECT jobq.complete_many(ARRAY[:inside]::bigint[], '{1}');
+SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '42809');
+SELECT jobq.complete_many('{-1}', '{1}');
+SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '42704');
+SELECT jobq.complete_many('{}', '{}');
+
 -- cancel of a held job: the worker's complete is refused, and says why
 SELECT jobq.enqueue('mail', '{"to": "d"}') AS d \gset
 SELECT attempt FROM jobq.claim('ext_q');

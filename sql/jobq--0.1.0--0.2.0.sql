@@ -1098,6 +1098,14 @@ RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
 COMMENT ON FUNCTION jobq.complete(bigint, bigint, jsonb) IS
 	'External workers: completes a claimed job (in the caller''s transaction: commits with its other effects)';
 
+CREATE FUNCTION jobq._complete_many(caller regrole, ids bigint[], lease_tokens bigint[],
+									results jsonb[])
+RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_complete_many_external';
+CREATE FUNCTION jobq.complete_many(ids bigint[], lease_tokens bigint[], results jsonb[] DEFAULT NULL)
+RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
+COMMENT ON FUNCTION jobq.complete_many(bigint[], bigint[], jsonb[]) IS
+	'External workers: completes claimed jobs (ids[i] held by lease_tokens[i], result results[i]), all or none; returns how many';
+
 CREATE FUNCTION jobq._fail(caller regrole, id bigint, lease_token bigint, error text,
 						   retry_in interval)
 RETURNS jobq.job_state LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_fail_external';
@@ -1152,6 +1160,7 @@ REVOKE ALL ON FUNCTION jobq._check_kind(regrole, text, text, integer, integer, i
 	jobq._claim_kinds(regrole, text, text[]),
 	jobq._claim(regrole, text, integer, interval, text[], text),
 	jobq._complete(regrole, bigint, bigint, jsonb),
+	jobq._complete_many(regrole, bigint[], bigint[], jsonb[]),
 	jobq._fail(regrole, bigint, bigint, text, interval),
 	jobq._fail(regrole, bigint, bigint, jsonb, interval),
 	jobq._give_up(regrole, bigint, bigint, text),

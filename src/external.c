@@ -35,6 +35,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/guc.h"
@@ -99,18 +100,29 @@ static const JobqStatement LOOK_UP = {"external job",
 " WHERE j.ctid = (SELECT ctid FROM jobq.jobs WHERE id = $1) AND j.id = $1",
 2, {INT8OID, REGROLEOID}};
 
+/*
+ * The jobs a batch names, as look_up sees one: how many exist for the
+ * caller (it may work their kinds), and whether all are external.
+ */
+static const JobqStatement LOOK_UP_MANY = {"external jobs",
+"SELECT count(*) FILTER (WHERE jobq._may_work($2, h)), coalesce(bool_and(j.external), true)"
+"  FROM jobq.jobs j LEFT JOIN jobq.handlers h ON h.kind = j.kind"
+" WHERE j.id = ANY ($1)",
+2, {INT8ARRAYOID, REGROLEOID}};
+
 /* Whether the queue limits its running jobs; no row: it does not exist */
 static const JobqStatement QUEUE_LIMITED = {"queue limited",
 "SELECT concurrency IS NOT NULL FROM jobq.queues WHERE name = $1",
 1, {TEXTOID}};
 
 const JobqStatement *const jobq_external_statements[] = {
-	&CLAIM, &HEARTBEAT, &LOOK_UP, &QUEUE_LIMITED, NULL
+	&CLAIM, &HEARTBEAT, &LOOK_UP, &LOOK_UP_MANY, &QUEUE_LIMITED, NULL
 };
 
 static SPIPlanPtr claim_plan;
 static SPIPlanPtr heartbeat_plan;
 static SPIPlanPtr look_up_plan;
+static SPIPlanPtr look_up_many_plan;
 static SPIPlanPtr queue_limited_plan;
 static SPIPlanPtr lock_queue_plan;
 static SPIPlanPtr count_running_plan;
@@ -575,6 +587,7 @@ state_datum(FunctionCallInfo fcinfo, JobqEnd end)
 }
 
 PG_FUNCTION_INFO_V1(jobq_complete_external);
+PG_FUNCTION_INFO_V1(jobq_complete_many_external);
 PG_FUNCTION_INFO_V1(jobq_fail_external);
 PG_FUNCTION_INFO_V1(jobq_fail_external_jsonb);
 PG_FUNCTION_INFO_V1(jobq_give_up_external);
@@ -594,6 +607,92 @@ jobq_complete_external(PG_FUNCTION_ARGS)
 	jobq_at_commit_jobs_finished();
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/* The elements of a one-dimensional array argument; NULLs refused unless nulls. */
+static int
+array_arg(FunctionCallInfo fcinfo, int argno, Oid type, const char *name,
+		  Datum **values, bool **nulls)
+{
+	ArrayType  *array = PG_GETARG_ARRAYTYPE_P(argno);
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	bool	   *isnull;
+	int			n;
+
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", name)));
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	deconstruct_array(array, type, typlen, typbyval, typalign, values, &isnull, &n);
+	for (int i = 0; nulls == NULL && i < n; i++)
+		if (isnull[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain nulls", name)));
+	if (nulls != NULL)
+		*nulls = isnull;
+	return n;
+}
+
+/*
+ * jobq._complete_many(caller, ids, lease_tokens, results): completes every
+ * job, or none (an error, as jobq.complete's, for the first not held).
+ */
+Datum
+jobq_complete_many_external(PG_FUNCTION_ARGS)
+{
+	Datum	   *ids;
+	Datum	   *tokens;
+	Datum	   *results = NULL;
+	bool	   *result_nulls = NULL;
+	int			n;
+	Datum		values[2];
+	bool		isnull;
+
+	jobq_require_preload();
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("job ids and lease tokens must not be null")));
+	n = array_arg(fcinfo, 1, INT8OID, "job ids", &ids, NULL);
+	if (array_arg(fcinfo, 2, INT8OID, "lease tokens", &tokens, NULL) != n ||
+		(!PG_ARGISNULL(3) &&
+		 array_arg(fcinfo, 3, JSONBOID, "results", &results, &result_nulls) != n))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("job ids, lease tokens and results must have as many elements")));
+
+	SPI_connect();
+	values[0] = PG_GETARG_DATUM(1);
+	values[1] = PG_GETARG_DATUM(0);
+	run(plan(&look_up_many_plan, &LOOK_UP_MANY), values, NULL, SPI_OK_SELECT, "look up jobs");
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("some of the jobs do not exist, or are named twice")));
+	if (!column_bool(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("some of the jobs are not external jobs"),
+				 errdetail("jobq's own workers run them.")));
+	for (int i = 0; i < n; i++)
+	{
+		if (!jobq_job_complete(DatumGetInt64(ids[i]), (uint64) DatumGetInt64(tokens[i]),
+							   results ? results[i] : (Datum) 0,
+							   results ? result_nulls[i] : true))
+		{
+			HeldJob		job = {.id = DatumGetInt64(ids[i]), .token = DatumGetInt64(tokens[i])};
+
+			not_held(PG_GETARG_OID(0), &job);
+		}
+	}
+	if (n > 0)
+		jobq_at_commit_jobs_finished();
+	SPI_finish();
+	PG_RETURN_INT32(n);
 }
 
 /* An error entry from the error argument: text, or an object of its fields. */

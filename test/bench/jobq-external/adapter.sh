@@ -29,7 +29,7 @@ case ${1:-} in
   cases)
     for c in 4 16; do
       printf 'W1\tc%s-each\t%s Node worker loops in 1 process (1 connection each), jobq.claim(max_jobs 100, wait 1 s), jobq.complete() per job (1 tx/job); %s\n' "$c" "$c" "$INSERVER"
-      printf 'W1\tc%s-batch\t%s Node worker loops in 1 process, jobq.claim(max_jobs 100, wait 1 s), the batch completed in 1 statement (jobq.complete over unnest of ids/tokens); %s\n' "$c" "$c" "$INSERVER"
+      printf 'W1\tc%s-batch\t%s Node worker loops in 1 process, jobq.claim(max_jobs 100, wait 1 s), the batch completed in 1 call (jobq.complete_many); %s\n' "$c" "$c" "$INSERVER"
     done
     printf 'W2\tsingle-x4\tjobq.enqueue() of an external kind (1 job/tx), 4 concurrent clients (as systems/jobq)\n'
     printf 'W2\tbatch\tjobq.enqueue_many() of an external kind, all N jobs in one call (as systems/jobq)\n'

@@ -10,8 +10,7 @@
 //   claim:    SELECT ... FROM jobq.claim('default', M, wait) (autocommit: the claim commits)
 //   handle:   the handler of every claimed job, in order (W1: count it; W3: record its start)
 //   complete: each  = SELECT jobq.complete(id, token) per job, autocommit (1 transaction per job)
-//             batch = one statement for the whole claim:
-//                     SELECT jobq.complete(id, tok) FROM unnest($1::bigint[], $2::bigint[])
+//             batch = one call for the whole claim: SELECT jobq.complete_many(ids, tokens)
 // All statements are prepared (named) once per connection.
 import {
   DB_URL, N, pg, parseArgs, settle, info, peerVersion,
@@ -31,7 +30,7 @@ const CLAIM = {
 const COMPLETE_ONE = { name: 'jx_complete', text: 'SELECT jobq.complete($1::bigint, $2::bigint)' };
 const COMPLETE_BATCH = {
   name: 'jx_complete_batch',
-  text: 'SELECT count(jobq.complete(t.id, t.tok)) AS n FROM unnest($1::bigint[], $2::bigint[]) AS t(id, tok)',
+  text: 'SELECT jobq.complete_many($1::bigint[], $2::bigint[]) AS n',
 };
 
 const REMAINING_SQL = sqlFile('remaining.sql');
