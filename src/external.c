@@ -105,9 +105,10 @@ static const JobqStatement LOOK_UP = {"external job",
  * caller (it may work their kinds), and whether all are external.
  */
 static const JobqStatement LOOK_UP_MANY = {"external jobs",
-"SELECT count(*) FILTER (WHERE jobq._may_work($2, h)), coalesce(bool_and(j.external), true)"
-"  FROM jobq.jobs j LEFT JOIN jobq.handlers h ON h.kind = j.kind"
-" WHERE j.id = ANY ($1)",
+"SELECT count(*) FILTER (WHERE (SELECT jobq._may_work($2, h) FROM jobq.handlers h"
+"                                 WHERE h.kind = j.kind)),"
+"       coalesce(bool_and(j.external), true)"
+"  FROM jobq.jobs j WHERE j.id = ANY ($1)",
 2, {INT8ARRAYOID, REGROLEOID}};
 
 /* Whether the queue limits its running jobs; no row: it does not exist */
