@@ -154,6 +154,20 @@ column_bool(int col)
 	return !isnull && DatumGetBool(d);
 }
 
+/*
+ * A lease that ends before the rescuer's next run (it plans for the leases
+ * it saw) asks for a run once this transaction commits.
+ */
+static void
+rescue_by(TimestampTz lease_until)
+{
+	int			db_index = jobq_db_index(MyDatabaseId);
+
+	if (db_index >= 0 &&
+		lease_until < (TimestampTz) pg_atomic_read_u64(&JobqShared->databases[db_index].rescue_due_at))
+		jobq_at_commit_rescue_soon();
+}
+
 /* ---------------------------------------------------------------------
  * jobq.claim()
  * --------------------------------------------------------------------- */
@@ -397,7 +411,6 @@ jobq_claim_external(PG_FUNCTION_ARGS)
 	Datum		kinds_arg[3];
 	char		kinds_nulls[3];
 	static SPIPlanPtr kinds_plan;
-	int			db_index;
 
 	jobq_require_preload();
 	if (PG_ARGISNULL(1))
@@ -465,10 +478,8 @@ jobq_claim_external(PG_FUNCTION_ARGS)
 										  &isnull), false, -1);
 	}
 
-	if (claim_waiting(&c, wait_ms) > 0 &&
-		(db_index = jobq_db_index(MyDatabaseId)) >= 0 &&
-		c.earliest_lease < (TimestampTz) pg_atomic_read_u64(&JobqShared->databases[db_index].rescue_due_at))
-		jobq_at_commit_rescue_soon();
+	if (claim_waiting(&c, wait_ms) > 0)
+		rescue_by(c.earliest_lease);
 	SPI_finish();
 	return (Datum) 0;
 }
@@ -885,6 +896,7 @@ jobq_heartbeat_external(PG_FUNCTION_ARGS)
 		not_held(PG_GETARG_OID(0), &job);
 	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 											  1, &isnull));
+	rescue_by(until);			/* a shorter lease than the one it had */
 	SPI_finish();
 	PG_RETURN_TIMESTAMPTZ(until);
 }

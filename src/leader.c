@@ -379,17 +379,17 @@ ms_until_next_service(void)
 static void
 note_wake_up(void)
 {
-	uint32		lost = pg_atomic_read_u32(&JobqShared->databases[me->db_index].rescue_requests);
+	uint32		requests = pg_atomic_read_u32(&JobqShared->databases[me->db_index].rescue_requests);
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (services[JOBQ_SCHEDULER].started && services[JOBQ_SCHEDULER].failures == 0)
 		services[JOBQ_SCHEDULER].next_run = now;
 	if (services[JOBQ_PERIODIC].started && services[JOBQ_PERIODIC].failures == 0)
 		services[JOBQ_PERIODIC].next_run = now;
-	if (lost != seen_rescue_requests && services[JOBQ_RESCUER].started &&
+	if (requests != seen_rescue_requests && services[JOBQ_RESCUER].started &&
 		services[JOBQ_RESCUER].failures == 0)
 	{
-		seen_rescue_requests = lost;
+		seen_rescue_requests = requests;
 		services[JOBQ_RESCUER].next_run = now;
 	}
 }
