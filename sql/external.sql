@@ -70,6 +70,8 @@ SELECT * FROM jobq.claim('ext_q', max_jobs => 0);
 SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '22023');
 SELECT * FROM jobq.claim('ext_q', wait => '-1 s');
 SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '22023');
+SELECT * FROM jobq.claim('ext_q', worker => repeat('w', 129));
+SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '22001');
 SELECT * FROM jobq.claim('ext_q', kinds => '{inside}');
 SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '42809');
 SELECT * FROM jobq.claim('ext_q', kinds => '{nope}');

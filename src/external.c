@@ -48,6 +48,7 @@
 #define MAX_CLAIM			10000	/* jobs one call may claim */
 #define WAIT_TICK_MS		1000	/* a waiting claim looks at its client */
 #define LIMITED_TICK_MS		100 /* and at a full limited queue's count */
+#define MAX_WORKER_NAME		128 /* bytes of jobq.claim()'s worker name */
 
 /*
  * The claim: up to $3 available jobs of queue $2 whose kind is one of $4,
@@ -446,7 +447,13 @@ jobq_claim_external(PG_FUNCTION_ARGS)
 	c.token = Int64GetDatum(new_token());
 	c.earliest_lease = DT_NOEND;
 	if (!PG_ARGISNULL(5))
+	{
 		c.worker = PG_GETARG_DATUM(5);
+		if (VARSIZE_ANY_EXHDR(DatumGetPointer(c.worker)) > MAX_WORKER_NAME)
+			ereport(ERROR,
+					(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+					 errmsg("a worker name is at most %d bytes", MAX_WORKER_NAME)));
+	}
 	else
 	{
 		const char *name = GetConfigOption("application_name", true, false);
