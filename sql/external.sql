@@ -172,6 +172,8 @@ SELECT jobq.complete_many(ARRAY[:inside]::bigint[], '{1}');
 SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '42809');
 SELECT jobq.complete_many('{-1}', '{1}');
 SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '42704');
+SELECT jobq.complete_many(array_fill(1::bigint, ARRAY[1001]), array_fill(1::bigint, ARRAY[1001]));
+SELECT pg_temp.sqlstate_is(:'LAST_ERROR_SQLSTATE', '22023');
 SELECT jobq.complete_many('{}', '{}');
 
 -- cancel of a held job: the worker's complete is refused, and says why

@@ -1098,9 +1098,12 @@ RETURNS void LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
 COMMENT ON FUNCTION jobq.complete(bigint, bigint, jsonb) IS
 	'External workers: completes a claimed job (in the caller''s transaction: commits with its other effects)';
 
+/* one statement for all: planned as jobq's processes plan (src/settings.c) */
 CREATE FUNCTION jobq._complete_many(caller regrole, ids bigint[], lease_tokens bigint[],
 									results jsonb[])
-RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_complete_many_external';
+RETURNS integer LANGUAGE C
+SET enable_seqscan = off SET plan_cache_mode = force_generic_plan SET jit = off
+AS 'MODULE_PATHNAME', 'jobq_complete_many_external';
 CREATE FUNCTION jobq.complete_many(ids bigint[], lease_tokens bigint[], results jsonb[] DEFAULT NULL)
 RETURNS integer LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_call_as_owner';
 COMMENT ON FUNCTION jobq.complete_many(bigint[], bigint[], jsonb[]) IS

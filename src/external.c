@@ -45,7 +45,8 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
-#define MAX_CLAIM			10000	/* jobs one call may claim */
+#define MAX_CLAIM			1000	/* jobs one call may claim or complete
+									 * (complete_many's match is n x n) */
 #define WAIT_TICK_MS		1000	/* a waiting claim looks at its client */
 #define LIMITED_TICK_MS		100 /* and at a full limited queue's count */
 #define MAX_WORKER_NAME		128 /* bytes of jobq.claim()'s worker name */
@@ -667,6 +668,7 @@ jobq_complete_many_external(PG_FUNCTION_ARGS)
 	Datum	   *tokens;
 	Datum	   *results = NULL;
 	bool	   *result_nulls = NULL;
+	bool	   *completed;
 	int			n;
 	Datum		values[2];
 	bool		isnull;
@@ -677,6 +679,10 @@ jobq_complete_many_external(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("job ids and lease tokens must not be null")));
 	n = array_arg(fcinfo, 1, INT8OID, "job ids", &ids, NULL);
+	if (n > MAX_CLAIM)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("jobq.complete_many() completes at most %d jobs", MAX_CLAIM)));
 	if (array_arg(fcinfo, 2, INT8OID, "lease tokens", &tokens, NULL) != n ||
 		(!PG_ARGISNULL(3) &&
 		 array_arg(fcinfo, 3, JSONBOID, "results", &results, &result_nulls) != n))
@@ -697,11 +703,12 @@ jobq_complete_many_external(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("some of the jobs are not external jobs"),
 				 errdetail("jobq's own workers run them.")));
+	completed = palloc(sizeof(bool) * Max(n, 1));
+	jobq_jobs_complete_leased(PG_GETARG_DATUM(1), PG_GETARG_DATUM(2),
+							  PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3), n, completed);
 	for (int i = 0; i < n; i++)
 	{
-		if (!jobq_job_complete(DatumGetInt64(ids[i]), (uint64) DatumGetInt64(tokens[i]),
-							   results ? results[i] : (Datum) 0,
-							   results ? result_nulls[i] : true))
+		if (!completed[i])
 		{
 			HeldJob		job = {.id = DatumGetInt64(ids[i]), .token = DatumGetInt64(tokens[i])};
 

@@ -15,7 +15,9 @@
  * An external worker's jobq.complete/fail/give_up/snooze (external.c) end
  * its attempts through the same functions as the workers', its lease token
  * in place of the claim.
- *	running			-> completed				jobq_jobs_complete (a batch's
+ *	running			-> completed				jobq_jobs_complete_leased (an
+ *												external worker's batch), or
+ *												jobq_jobs_complete (a batch's
  *												jobs, at its end), or
  *												jobq_job_complete
  *	running			-> retryable | available | discarded
@@ -97,6 +99,25 @@ static const JobqStatement COMPLETE_MANY = {"complete batch",
  * cap without a look-up); 0 makes the job available at once.  One clock
  * reading: the error's "at" is the finalized_at of a discard.
  */
+/*
+ * External jobs completed by their lease tokens ($2[i] holds job $1[i]),
+ * results $3 (NULL: none); returns the positions (1-based) completed.
+ * Reached by the primary key only, "id = ANY ($1)": as a join key the
+ * planner could read the whole index of an empty table; the id is matched
+ * to its token as an expression, and the state comes as $4 (a constant
+ * would let the planner scan jobs_running).  Its caller, jobq._complete_many,
+ * runs with jobq's planner settings (SET clauses), as jobq's processes do.
+ */
+static const JobqStatement COMPLETE_LEASED = {"complete leased jobs",
+"UPDATE jobq.jobs j"
+"   SET state = 'completed', finalized_at = now_.at, result = d.result"
+"  FROM unnest($1::int8[], $2::int8[], $3::jsonb[]) WITH ORDINALITY AS d(id, tok, result, n),"
+"       (SELECT clock_timestamp() AS at) AS now_"
+" WHERE j.id = ANY ($1) AND j.id + 0 = d.id AND j.attempted_by = d.tok"
+"   AND j.state = $4::jobq.job_state AND j.external"
+" RETURNING d.n",
+4, {INT8ARRAYOID, INT8ARRAYOID, JSONBARRAYOID, TEXTOID}};
+
 static const JobqStatement FAIL = {"fail",
 "UPDATE jobq.jobs j"
 "   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded'"
@@ -217,6 +238,7 @@ RESCUE_SQL(WORKER_LOST, ""),
 
 static SPIPlanPtr complete_plan;
 static SPIPlanPtr complete_many_plan;
+static SPIPlanPtr complete_leased_plan;
 static SPIPlanPtr fail_plan;
 static SPIPlanPtr give_up_plan;
 static SPIPlanPtr cancelled_plan;
@@ -225,7 +247,7 @@ static SPIPlanPtr release_plan;
 static SPIPlanPtr rescue_plan;
 
 const JobqStatement *const jobq_job_state_statements[] = {
-	&COMPLETE, &COMPLETE_MANY, &FAIL, &GIVE_UP, &CANCELLED, &SNOOZE, &RELEASE, &RESCUE, NULL
+	&COMPLETE, &COMPLETE_MANY, &COMPLETE_LEASED, &FAIL, &GIVE_UP, &CANCELLED, &SNOOZE, &RELEASE, &RESCUE, NULL
 };
 
 static SPIPlanPtr
@@ -317,6 +339,32 @@ jobq_jobs_complete(const ItemPointerData *tids, const int64 *ids, const Datum *r
 	values[5] = CStringGetTextDatum("running");
 	changed = transition(plan(&complete_many_plan, &COMPLETE_MANY), values, NULL,
 						 SPI_OK_UPDATE_RETURNING, "complete the jobs of a batch");
+	for (uint64 r = 0; r < changed; r++)
+	{
+		bool		isnull;
+		int64		pos = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		completed[pos - 1] = true;
+	}
+}
+
+/*
+ * Completes n external jobs by their lease tokens (see COMPLETE_LEASED):
+ * ids and tokens int8[], results jsonb[] or NULL; sets completed[i] for
+ * each it completed.
+ */
+void
+jobq_jobs_complete_leased(Datum ids, Datum tokens, Datum results, int n, bool *completed)
+{
+	Datum		values[4] = {ids, tokens, results, CStringGetTextDatum("running")};
+	char		nulls[4] = {' ', ' ', results == (Datum) 0 ? 'n' : ' ', ' '};
+	uint64		changed;
+
+	for (int i = 0; i < n; i++)
+		completed[i] = false;
+	changed = transition(plan(&complete_leased_plan, &COMPLETE_LEASED), values, nulls,
+						 SPI_OK_UPDATE_RETURNING, "complete leased jobs");
 	for (uint64 r = 0; r < changed; r++)
 	{
 		bool		isnull;

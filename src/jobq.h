@@ -375,6 +375,8 @@ extern void jobq_jobs_complete(const ItemPointerData *tids, const int64 *ids,
 							   const Datum *results, const bool *result_nulls,
 							   const TimestampTz *ended_at, int n, uint64 claim,
 							   bool *completed);
+extern void jobq_jobs_complete_leased(Datum ids, Datum tokens, Datum results, int n,
+									  bool *completed);
 extern JobqEnd jobq_job_fail(int64 id, uint64 claim, int64 delay_ms, ErrorData *edata);
 extern bool jobq_job_give_up(int64 id, uint64 claim, const char *reason);
 extern bool jobq_job_cancelled_by_handler(int64 id, uint64 claim);
