@@ -293,6 +293,20 @@ returned_end(uint64 n)
 	return JOBQ_END_RETRYABLE;
 }
 
+/* completed[pos - 1] for each position (1-based) a batch statement returned */
+static void
+mark_returned(uint64 changed, bool *completed)
+{
+	for (uint64 r = 0; r < changed; r++)
+	{
+		bool		isnull;
+		int64		pos = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		completed[pos - 1] = true;
+	}
+}
+
 bool
 jobq_job_complete(int64 id, uint64 claim, Datum result, bool result_isnull)
 {
@@ -339,14 +353,7 @@ jobq_jobs_complete(const ItemPointerData *tids, const int64 *ids, const Datum *r
 	values[5] = CStringGetTextDatum("running");
 	changed = transition(plan(&complete_many_plan, &COMPLETE_MANY), values, NULL,
 						 SPI_OK_UPDATE_RETURNING, "complete the jobs of a batch");
-	for (uint64 r = 0; r < changed; r++)
-	{
-		bool		isnull;
-		int64		pos = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-													  SPI_tuptable->tupdesc, 1, &isnull));
-
-		completed[pos - 1] = true;
-	}
+	mark_returned(changed, completed);
 }
 
 /*
@@ -365,14 +372,7 @@ jobq_jobs_complete_leased(Datum ids, Datum tokens, Datum results, int n, bool *c
 		completed[i] = false;
 	changed = transition(plan(&complete_leased_plan, &COMPLETE_LEASED), values, nulls,
 						 SPI_OK_UPDATE_RETURNING, "complete leased jobs");
-	for (uint64 r = 0; r < changed; r++)
-	{
-		bool		isnull;
-		int64		pos = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-													  SPI_tuptable->tupdesc, 1, &isnull));
-
-		completed[pos - 1] = true;
-	}
+	mark_returned(changed, completed);
 }
 
 JobqEnd
