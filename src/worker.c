@@ -1100,11 +1100,12 @@ run_job(ClaimedJob *job, BatchOutcome *outcome)
 
 	job->started_at = started;
 
-	if (k == NULL)
+	if (k == NULL || cached_generation == 0)
 	{
 		/*
-		 * Registered after our cache was loaded, by a transaction that
-		 * committed between our reading the generation and our claim.
+		 * Registered, or its handler changed (an invalidation reset the
+		 * generation), after our cache was loaded, by a transaction that
+		 * committed between our loading it and our claim's snapshot.
 		 */
 		cached_generation = 0;
 		refresh_caches(pg_atomic_read_u64(&JobqShared->config_generation));
