@@ -16,6 +16,7 @@ OBJS = \
 	src/cron.o \
 	src/ddl.o \
 	src/external.o \
+	src/final_counts.o \
 	src/guc.o \
 	src/job_control.o \
 	src/job_state.o \

@@ -504,9 +504,6 @@ CREATE POLICY jobs_visible ON jobq.jobs FOR SELECT
 		   OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
 		   OR jobq._sees_job(owner, queue, kind));
 
-/* queue_stats counts the jobs the caller sees */
-ALTER VIEW jobq.queue_stats SET (security_invoker = true);
-
 DROP FUNCTION jobq._job_for_change(regrole, bigint);
 /*
  * A job the caller may change, or an error.  Not locked: a running job
@@ -1172,12 +1169,23 @@ REVOKE ALL ON FUNCTION jobq._check_kind(regrole, text, text, integer, integer, i
 	jobq._heartbeat(regrole, bigint, bigint, interval, jsonb)
 	FROM PUBLIC;
 
+/*
+ * Whether the calling role sees a job (the policy of jobq.jobs): it has the
+ * privileges of the job's owner or of pg_read_all_stats, owns its queue or
+ * kind, or claimed it as an external worker.  Plain SQL with no SET clause,
+ * so that it is inlined.
+ */
+CREATE FUNCTION jobq._sees(owner regrole, queue text, kind text, leased_by regrole)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+	SELECT pg_catalog.pg_has_role(owner, 'USAGE')
+		OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+		OR jobq._sees_job(owner, queue, kind)
+		OR (leased_by IS NOT NULL AND pg_catalog.pg_has_role(leased_by, 'USAGE'))
+$$;
+
 /* An external worker sees the jobs it claimed. */
 ALTER POLICY jobs_visible ON jobq.jobs
-	USING (pg_catalog.pg_has_role(owner, 'USAGE')
-		   OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
-		   OR jobq._sees_job(owner, queue, kind)
-		   OR (leased_by IS NOT NULL AND pg_catalog.pg_has_role(leased_by, 'USAGE')));
+	USING (jobq._sees(owner, queue, kind, leased_by));
 
 /* Who holds which external job, since when, until when. */
 CREATE VIEW jobq.leases WITH (security_invoker = true) AS
@@ -1189,3 +1197,137 @@ SELECT j.id, j.kind, j.queue, j.owner, j.leased_by, j.worker, j.attempt,
 COMMENT ON VIEW jobq.leases IS
 	'External workers: the jobs they hold, who claimed each (role and worker name), when, and until when';
 GRANT SELECT ON jobq.leases TO PUBLIC;
+
+/* ---------------------------------------------------------------------
+ * queue_stats reads the live jobs and counts of the final ones, not every
+ * final job kept (src/final_counts.c)
+ * --------------------------------------------------------------------- */
+
+CREATE TABLE jobq.final_counts (
+	queue		text NOT NULL,
+	kind		text NOT NULL,
+	owner		regrole NOT NULL,
+	leased_by	regrole,
+	state		jobq.job_state NOT NULL,
+	jobs		bigint NOT NULL
+);
+COMMENT ON TABLE jobq.final_counts IS
+	'Final jobs kept in jobq.jobs: the rows of a (queue, kind, owner, leased_by, state) add up to its count. Appended by triggers on jobq.jobs, folded by the cleaner; read by jobq.queue_stats';
+/* the counts a role may read are those of the jobs it may see */
+ALTER TABLE jobq.final_counts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY final_counts_visible ON jobq.final_counts FOR SELECT
+	USING (jobq._sees(owner, queue, kind, leased_by));
+REVOKE ALL ON jobq.final_counts FROM PUBLIC;
+GRANT SELECT ON jobq.final_counts TO PUBLIC;
+
+CREATE FUNCTION jobq._count_final_jobs() RETURNS trigger
+	LANGUAGE C AS 'MODULE_PATHNAME', 'jobq_count_final_jobs';
+REVOKE ALL ON FUNCTION jobq._count_final_jobs() FROM PUBLIC;
+/* one trigger per event: transition tables allow no more */
+CREATE TRIGGER count_inserted AFTER INSERT ON jobq.jobs
+	REFERENCING NEW TABLE AS inserted
+	FOR EACH STATEMENT EXECUTE FUNCTION jobq._count_final_jobs();
+CREATE TRIGGER count_updated AFTER UPDATE ON jobq.jobs
+	REFERENCING OLD TABLE AS before NEW TABLE AS after
+	FOR EACH STATEMENT EXECUTE FUNCTION jobq._count_final_jobs();
+CREATE TRIGGER count_deleted AFTER DELETE ON jobq.jobs
+	REFERENCING OLD TABLE AS deleted
+	FOR EACH STATEMENT EXECUTE FUNCTION jobq._count_final_jobs();
+CREATE TRIGGER count_truncated AFTER TRUNCATE ON jobq.jobs
+	FOR EACH STATEMENT EXECUTE FUNCTION jobq._count_final_jobs();
+/* also on a logical replica and under session_replication_role = replica */
+ALTER TABLE jobq.jobs ENABLE ALWAYS TRIGGER count_inserted,
+	ENABLE ALWAYS TRIGGER count_updated,
+	ENABLE ALWAYS TRIGGER count_deleted,
+	ENABLE ALWAYS TRIGGER count_truncated;
+
+/*
+ * Counts the final jobs again from jobq.jobs: after the triggers were
+ * disabled (pg_restore --disable-triggers), and for the jobs kept before
+ * this version.
+ */
+CREATE FUNCTION jobq.recount_final_jobs() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	LOCK TABLE jobq.jobs IN SHARE MODE;
+	DELETE FROM jobq.final_counts;
+	INSERT INTO jobq.final_counts (queue, kind, owner, leased_by, state, jobs)
+	SELECT queue, kind, owner, leased_by, state, count(*)
+	  FROM jobq.jobs
+	 WHERE state IN ('completed', 'cancelled', 'discarded')
+	 GROUP BY queue, kind, owner, leased_by, state;
+END $$;
+REVOKE ALL ON FUNCTION jobq.recount_final_jobs() FROM PUBLIC;
+COMMENT ON FUNCTION jobq.recount_final_jobs() IS
+	'Counts the final jobs jobq.queue_stats shows again from jobq.jobs (after its triggers were disabled)';
+SELECT jobq.recount_final_jobs();
+
+/*
+ * queue_stats counts the jobs the caller sees.  It runs with its owner's
+ * rights and applies the jobs' policy itself (pg_has_role tests
+ * current_user, the caller): under row level security PostgreSQL could not
+ * use the partial indexes (a state test is not leakproof) and would read
+ * every job, a million kept ones included.  A security barrier keeps the
+ * caller's conditions above the counts.
+ */
+DROP VIEW jobq.queue_stats;
+CREATE VIEW jobq.queue_stats WITH (security_barrier = true) AS
+SELECT q.name AS queue,
+	   q.paused,
+	   q.concurrency,
+	   coalesce(w.scheduled, 0) AS scheduled,
+	   coalesce(a.available, 0) AS available,
+	   coalesce(r.running, 0) AS running,
+	   coalesce(w.retryable, 0) AS retryable,
+	   coalesce(f.completed, 0) AS completed,
+	   coalesce(f.cancelled, 0) AS cancelled,
+	   coalesce(f.discarded, 0) AS discarded,
+	   coalesce(now() - a.oldest_available, '0') AS lag,
+	   coalesce(m.completed_last_minute, 0) AS completed_last_minute,
+	   coalesce(w.failed_last_minute, 0) + coalesce(m.failed_last_minute, 0) AS failed_last_minute
+  FROM jobq.queues q
+  /* each state through its own partial index */
+  LEFT JOIN (
+	SELECT j.queue, count(*) AS available, min(j.scheduled_at) AS oldest_available
+	  FROM jobq.jobs j
+	 WHERE j.state = 'available'
+	   AND jobq._sees(j.owner, j.queue, j.kind, j.leased_by)
+	 GROUP BY j.queue) a ON a.queue = q.name
+  LEFT JOIN (
+	SELECT j.queue, count(*) AS running
+	  FROM jobq.jobs j
+	 WHERE j.state = 'running'
+	   AND jobq._sees(j.owner, j.queue, j.kind, j.leased_by)
+	 GROUP BY j.queue) r ON r.queue = q.name
+  LEFT JOIN (
+	SELECT j.queue,
+		   count(*) FILTER (WHERE j.state = 'scheduled') AS scheduled,
+		   count(*) FILTER (WHERE j.state = 'retryable') AS retryable,
+		   count(*) FILTER (WHERE j.state = 'retryable'
+							  AND j.attempted_at > now() - interval '1 minute') AS failed_last_minute
+	  FROM jobq.jobs j
+	 WHERE j.state IN ('scheduled', 'retryable')
+	   AND jobq._sees(j.owner, j.queue, j.kind, j.leased_by)
+	 GROUP BY j.queue) w ON w.queue = q.name
+  /* final jobs of the last minute (a discarded job ended after its attempt began) */
+  LEFT JOIN (
+	SELECT j.queue,
+		   count(*) FILTER (WHERE j.state = 'completed') AS completed_last_minute,
+		   count(*) FILTER (WHERE j.state = 'discarded'
+							  AND j.attempted_at > now() - interval '1 minute') AS failed_last_minute
+	  FROM jobq.jobs j
+	 WHERE j.state IN ('completed', 'cancelled', 'discarded')
+	   AND j.finalized_at > now() - interval '1 minute'
+	   AND jobq._sees(j.owner, j.queue, j.kind, j.leased_by)
+	 GROUP BY j.queue) m ON m.queue = q.name
+  LEFT JOIN (
+	SELECT c.queue,
+		   sum(c.jobs) FILTER (WHERE c.state = 'completed')::bigint AS completed,
+		   sum(c.jobs) FILTER (WHERE c.state = 'cancelled')::bigint AS cancelled,
+		   sum(c.jobs) FILTER (WHERE c.state = 'discarded')::bigint AS discarded
+	  FROM jobq.final_counts c
+	 WHERE jobq._sees(c.owner, c.queue, c.kind, c.leased_by)
+	 GROUP BY c.queue) f ON f.queue = q.name;
+COMMENT ON VIEW jobq.queue_stats IS
+	'Per queue: jobs per state, lag (age of the oldest available job), jobs finished in the last minute; the jobs the caller may see';
+GRANT SELECT ON jobq.queue_stats TO PUBLIC;

@@ -10,6 +10,9 @@
  * was full the cleaner runs again at once, so a backlog is worked off in
  * many small transactions that never hold locks for long.
  *
+ * Each cycle also folds jobq.final_counts (see final_counts.c): the rows
+ * statements appended since the last cycle become one row per key.
+ *
  *-------------------------------------------------------------------------
  */
 #include "jobq.h"
@@ -21,6 +24,7 @@
 
 static SPIPlanPtr delete_completed_plan;
 static SPIPlanPtr delete_failed_plan;
+static SPIPlanPtr fold_counts_plan;	/* NULL on a 0.1.0 schema */
 
 #define DELETE_SQL(states) \
 "WITH old AS MATERIALIZED (" \
@@ -37,8 +41,20 @@ static const JobqStatement DELETE_COMPLETED = {"delete completed",
 static const JobqStatement DELETE_FAILED = {"delete discarded and cancelled",
 	DELETE_SQL("('discarded', 'cancelled')"), 1, {FLOAT8OID}};
 
+/* Rows appended by transactions still running wait for the next cycle. */
+static const JobqStatement FOLD_COUNTS = {"fold final counts",
+"WITH gone AS MATERIALIZED ("
+"    DELETE FROM jobq.final_counts"
+"    RETURNING queue, kind, owner, leased_by, state, jobs)"
+" INSERT INTO jobq.final_counts (queue, kind, owner, leased_by, state, jobs)"
+" SELECT queue, kind, owner, leased_by, state, sum(jobs)"
+"   FROM gone"
+"  GROUP BY queue, kind, owner, leased_by, state"
+" HAVING sum(jobs) OPERATOR(pg_catalog.<>) 0",
+	0, {0}};
+
 const JobqStatement *const jobq_cleaner_statements[] = {
-	&DELETE_COMPLETED, &DELETE_FAILED, NULL
+	&DELETE_COMPLETED, &DELETE_FAILED, &FOLD_COUNTS, NULL
 };
 
 static void
@@ -46,6 +62,8 @@ cleaner_start(void)
 {
 	delete_completed_plan = jobq_prepare_statement(&DELETE_COMPLETED);
 	delete_failed_plan = jobq_prepare_statement(&DELETE_FAILED);
+	if (jobq_schema_is_current())
+		fold_counts_plan = jobq_prepare_statement(&FOLD_COUNTS);
 }
 
 static void
@@ -53,6 +71,7 @@ cleaner_stop(void)
 {
 	jobq_free_plan(&delete_completed_plan);
 	jobq_free_plan(&delete_failed_plan);
+	jobq_free_plan(&fold_counts_plan);
 }
 
 static uint64
@@ -76,6 +95,9 @@ cleaner_run(int db_index)
 			 completed, failed);
 	if (completed == DELETE_BATCH || failed == DELETE_BATCH)
 		return 0;
+	if (fold_counts_plan != NULL &&
+		jobq_execute_plan(fold_counts_plan, NULL, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not fold jobq.final_counts");
 	return jobq_cleanup_interval_ms;
 }
 

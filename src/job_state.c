@@ -231,7 +231,7 @@ RESCUE_SQL("CASE WHEN j.external"
 		   " AND (NOT l.external OR l.lease_until < clock_timestamp())"),
 2, {INT8OID, INT8OID}};
 
-/* The same on a 0.1.0 schema (jobq_schema_has_leases): no leases */
+/* The same on a 0.1.0 schema (jobq_schema_is_current): no leases */
 static const JobqStatement RESCUE_0_1 = {"rescue job (0.1.0)",
 RESCUE_SQL(WORKER_LOST, ""),
 2, {INT8OID, INT8OID}};
@@ -473,7 +473,7 @@ jobq_jobs_rescue(int64 *ids, uint64 *claims, int n, int *ends)
 		Datum		values[2] = {Int64GetDatum(ids[i]), Int64GetDatum((int64) claims[i])};
 		char		nulls[2] = {' ', claims[i] == 0 ? 'n' : ' '};
 
-		if (transition(plan(&rescue_plan, jobq_schema_has_leases() ? &RESCUE : &RESCUE_0_1),
+		if (transition(plan(&rescue_plan, jobq_schema_is_current() ? &RESCUE : &RESCUE_0_1),
 					   values, nulls,
 					   SPI_OK_UPDATE_RETURNING, "rescue a job of a lost worker") == 1)
 			ends[returned_end(0)]++;

@@ -296,7 +296,7 @@ PGDLLEXPORT void jobq_launcher_main(Datum main_arg) pg_attribute_noreturn();
 /* process.c: what every jobq process does */
 extern JobqComponent *jobq_process_start(Datum main_arg, const char *app_name);
 extern bool jobq_extension_present(void);
-extern bool jobq_schema_has_leases(void);
+extern bool jobq_schema_is_current(void);
 extern const char *jobq_process_database(void);
 extern void jobq_process_exit_if_extension_gone(JobqComponent *me);
 extern void jobq_process_handle_interrupts(void);

@@ -114,13 +114,13 @@ jobq_extension_present(void)
 }
 
 /*
- * Whether the installed schema has external workers' columns (0.2.0 and
- * later): after a package upgrade the library runs against the old schema
+ * Whether the installed schema is 0.2.0 (external workers' columns, final
+ * counts), not 0.1.0: after a package upgrade the library runs against the old schema
  * until ALTER EXTENSION jobq UPDATE, which restarts jobq's processes (see
  * ddl.c), so a process asks once.  In a transaction.
  */
 bool
-jobq_schema_has_leases(void)
+jobq_schema_is_current(void)
 {
 	static int	has = -1;
 

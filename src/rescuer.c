@@ -51,7 +51,7 @@ static const JobqStatement RUNNING = {"running jobs",
 "  FROM jobq.jobs WHERE state = 'running'",
 0, {0}};
 
-/* The same on a 0.1.0 schema (jobq_schema_has_leases): no leases */
+/* The same on a 0.1.0 schema (jobq_schema_is_current): no leases */
 static const JobqStatement RUNNING_0_1 = {"running jobs (0.1.0)",
 "SELECT id, attempted_by, false, NULL::float8 FROM jobq.jobs WHERE state = 'running'",
 0, {0}};
@@ -61,7 +61,7 @@ const JobqStatement *const jobq_rescuer_statements[] = {&RUNNING, NULL};
 static void
 rescuer_start(void)
 {
-	running_plan = jobq_prepare_statement(jobq_schema_has_leases() ? &RUNNING : &RUNNING_0_1);
+	running_plan = jobq_prepare_statement(jobq_schema_is_current() ? &RUNNING : &RUNNING_0_1);
 }
 
 static void

@@ -241,7 +241,7 @@ static const JobqStatement CLAIM_AFTER = {"claim after cursor",
 	CLAIM_SQL(AFTER_CURSOR, OWN_JOBS),
 	8, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID, INT2OID, TIMESTAMPTZOID, INT8OID}};
 
-/* The same on a 0.1.0 schema, which has no external jobs (jobq_schema_has_leases) */
+/* The same on a 0.1.0 schema, which has no external jobs (jobq_schema_is_current) */
 static const JobqStatement CLAIM_0_1 = {"claim (0.1.0)",
 	CLAIM_SQL("", ""),
 	5, {INT8OID, TEXTOID, INT8OID, TEXTARRAYOID, INT4OID}};
@@ -303,8 +303,8 @@ prepare_plans(void)
 {
 	if (claim_plan != NULL)
 		return;
-	claim_plan = jobq_prepare_statement(jobq_schema_has_leases() ? &CLAIM : &CLAIM_0_1);
-	claim_after_plan = jobq_prepare_statement(jobq_schema_has_leases() ?
+	claim_plan = jobq_prepare_statement(jobq_schema_is_current() ? &CLAIM : &CLAIM_0_1);
+	claim_after_plan = jobq_prepare_statement(jobq_schema_is_current() ?
 											  &CLAIM_AFTER : &CLAIM_AFTER_0_1);
 	queues_with_jobs_plan = jobq_prepare_statement(&QUEUES_WITH_JOBS);
 	lock_queue_plan = jobq_prepare_statement(&jobq_lock_queue_statement);
