@@ -36,7 +36,7 @@ OBJS = \
 	src/worker.o
 DATA = $(wildcard sql/jobq--*.sql)
 
-REGRESS = api errors security cron paused_queue external plans
+REGRESS = api errors security cron paused_queue external final_counts plans
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/jobq.conf
 ISOLATION = claim_race unique_race cancel_claim
 ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_isolation --temp-config=test/isolation.conf

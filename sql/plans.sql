@@ -34,6 +34,25 @@ LANGUAGE sql AS $$
 	  FROM generate_series(1, n) i
 $$;
 
+-- How jobq.queue_stats reaches jobq.jobs, as the current role: the indexes
+-- it scans, and whether it reads the whole table.
+CREATE FUNCTION plans_queue_stats() RETURNS TABLE (reads text)
+LANGUAGE plpgsql AS $$
+DECLARE
+	line text;
+BEGIN
+	FOR line IN EXPLAIN (COSTS OFF) SELECT * FROM jobq.queue_stats LOOP
+		IF line ~ 'Seq Scan on jobs ' THEN
+			reads := 'every job';
+			RETURN NEXT;
+		ELSIF line ~ 'Scan (using|on) jobs_' THEN
+			reads := substring(line from 'Scan (?:using|on) (jobs_[a-z]+)');
+			RETURN NEXT;
+		END IF;
+	END LOOP;
+END $$;
+CREATE ROLE plans_reader;
+
 CREATE TEMP TABLE plans_base AS SELECT * FROM jobq._hot_path_plans();
 CREATE FUNCTION plans_changed() RETURNS TABLE (statement text, plan text)
 LANGUAGE sql AS $$
@@ -58,6 +77,13 @@ TRUNCATE jobq.jobs;
 SELECT plans_fill('completed', 1000000);
 ANALYZE jobq.jobs;
 SELECT * FROM plans_changed();
+-- queue_stats counts the live jobs through their indexes and reads the
+-- final ones' counts: as a superuser, and as a role under the jobs' policy
+SELECT DISTINCT reads FROM plans_queue_stats() ORDER BY reads;
+SET ROLE plans_reader;
+SELECT DISTINCT reads FROM plans_queue_stats() ORDER BY reads;
+RESET ROLE;
+SELECT queue, completed, available FROM jobq.queue_stats WHERE queue = 'plans';
 
 -- ten thousand running jobs and that history
 SELECT plans_fill('running', 10000);
@@ -68,9 +94,15 @@ SELECT * FROM plans_changed();
 SELECT plans_fill('available', 1000000);
 ANALYZE jobq.jobs;
 SELECT * FROM plans_changed();
+SELECT DISTINCT reads FROM plans_queue_stats() ORDER BY reads;
+SET ROLE plans_reader;
+SELECT DISTINCT reads FROM plans_queue_stats() ORDER BY reads;
+RESET ROLE;
 
 TRUNCATE jobq.jobs;
 ALTER TABLE jobq.jobs RESET (autovacuum_enabled);
 DROP FUNCTION plans_changed();
+DROP FUNCTION plans_queue_stats();
+DROP ROLE plans_reader;
 DROP FUNCTION plans_fill(jobq.job_state, int);
 SELECT jobq.drop_queue('plans');

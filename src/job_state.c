@@ -102,20 +102,22 @@ static const JobqStatement COMPLETE_MANY = {"complete batch",
 /*
  * External jobs completed by their lease tokens ($2[i] holds job $1[i]),
  * results $3 (NULL: none); returns the positions (1-based) completed.
- * Reached by the primary key only, "id = ANY ($1)": as a join key the
- * planner could read the whole index of an empty table; the id is matched
- * to its token as an expression, and the state comes as $4 (a constant
- * would let the planner scan jobs_running).  Its caller, jobq._complete_many,
- * runs with jobq's planner settings (SET clauses), as jobq's processes do.
+ * Reached by the primary key only, "id = ANY ($1)", each row's token and
+ * result found by its position in $1 (the caller refused duplicates): no
+ * join, so no join method for statistics to change; the state comes as $4
+ * (a constant would let the planner scan jobs_running).  Its caller,
+ * jobq._complete_many, runs with jobq's planner settings (SET clauses), as
+ * jobq's processes do.
  */
 static const JobqStatement COMPLETE_LEASED = {"complete leased jobs",
 "UPDATE jobq.jobs j"
-"   SET state = 'completed', finalized_at = now_.at, result = d.result"
-"  FROM unnest($1::int8[], $2::int8[], $3::jsonb[]) WITH ORDINALITY AS d(id, tok, result, n),"
-"       (SELECT clock_timestamp() AS at) AS now_"
-" WHERE j.id = ANY ($1) AND j.id + 0 = d.id AND j.attempted_by = d.tok"
+"   SET state = 'completed', finalized_at = now_.at,"
+"       result = ($3::jsonb[])[pg_catalog.array_position($1::int8[], j.id)]"
+"  FROM (SELECT clock_timestamp() AS at) AS now_"
+" WHERE j.id = ANY ($1)"
+"   AND j.attempted_by = ($2::int8[])[pg_catalog.array_position($1::int8[], j.id)]"
 "   AND j.state = $4::jobq.job_state AND j.external"
-" RETURNING d.n",
+" RETURNING pg_catalog.array_position($1::int8[], j.id)::int8",
 4, {INT8ARRAYOID, INT8ARRAYOID, JSONBARRAYOID, TEXTOID}};
 
 static const JobqStatement FAIL = {"fail",

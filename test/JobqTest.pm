@@ -16,7 +16,8 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(jobq_node jobq_install jobq_handlers wait_ready wait_job
-  wait_until wait_accepting component_pid wait_both_candidates set_workers);
+  wait_until wait_accepting component_pid wait_both_candidates set_workers
+  final_jobs_counted);
 
 # Seconds any single wait may take before a test fails (CI machines are slow).
 our $TIMEOUT = 120;
@@ -65,6 +66,18 @@ sub wait_job
 	my ($node, $id, $db) = @_;
 	$db //= 'postgres';
 	return $node->safe_psql($db, "SELECT jobq.wait($id, '$TIMEOUT s')");
+}
+
+# The final jobs jobq.queue_stats counts and those jobq.jobs keeps, as
+# "counted N, kept M" (a superuser sees them all).
+sub final_jobs_counted
+{
+	my ($node, $db) = @_;
+	return $node->safe_psql($db // 'postgres', q{
+		SELECT format('counted %s, kept %s',
+					  (SELECT coalesce(sum(completed + cancelled + discarded), 0) FROM jobq.queue_stats),
+					  (SELECT count(*) FROM jobq.jobs
+						WHERE state IN ('completed', 'cancelled', 'discarded')))});
 }
 
 # Polls a Perl condition until true or the deadline; returns whether it held.

@@ -331,6 +331,10 @@ for my $schedule ([ 'su_tick', $su ], [ 'alice_tick', 'alice' ])
 }
 my $new_job = $node->safe_psql('old', q{SET ROLE alice; SELECT jobq.enqueue('alice_work', '{"n": 14}')});
 is(wait_job($node, $new_job, 'old'), 'completed', "a job enqueued at $to by alice completes");
+my $counted = final_jobs_counted($node, 'old');
+like($counted, qr/^counted [1-9]\d*, kept/, 'final jobs are kept');
+my ($n, $kept) = $counted =~ /counted (\d+), kept (\d+)/;
+is($n, $kept, "queue_stats counts the final jobs kept before and after the update ($counted)");
 
 # From here on nothing changes in database old: no schedules, no live jobs.
 is( $node->safe_psql('old', q{

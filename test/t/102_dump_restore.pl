@@ -115,6 +115,9 @@ sub restore_and_check
 			"SELECT count(*) FROM pg_stat_activity WHERE datname = '$db' AND backend_type LIKE 'jobq%'"),
 		'0', "$what: no jobq process runs there");
 	is($node->safe_psql($db, $jobs_query), $jobs, "$what: every job is there, as it was");
+	my ($counted, $kept) = final_jobs_counted($node, $db) =~ /counted (\d+), kept (\d+)/;
+	ok($kept > 0 && $counted == $kept,
+		"$what: queue_stats counts the final jobs restored ($counted of $kept)");
 	is( $node->safe_psql($db, q{
 		SELECT string_agg(format('%s %s %s', kind, to_regprocedure(handler), owner), ',') FROM jobq.handlers}),
 		'work app.work(jsonb) app_owner', "$what: the kind, its handler and owner");
