@@ -1187,13 +1187,18 @@ $$;
 ALTER POLICY jobs_visible ON jobq.jobs
 	USING (jobq._sees(owner, queue, kind, leased_by));
 
-/* Who holds which external job, since when, until when. */
-CREATE VIEW jobq.leases WITH (security_invoker = true) AS
+/*
+ * Who holds which external job, since when, until when: the jobs the caller
+ * sees (the policy applied by the view itself, as in jobq.queue_stats, so
+ * that the running jobs are read through their index).
+ */
+CREATE VIEW jobq.leases WITH (security_barrier = true) AS
 SELECT j.id, j.kind, j.queue, j.owner, j.leased_by, j.worker, j.attempt,
 	   j.attempted_at AS claimed_at, j.lease_until, j.heartbeat_at, j.progress,
 	   j.lease_until < now() AS expired
   FROM jobq.jobs j
- WHERE j.state = 'running' AND j.external;
+ WHERE j.state = 'running' AND j.external
+   AND jobq._sees(j.owner, j.queue, j.kind, j.leased_by);
 COMMENT ON VIEW jobq.leases IS
 	'External workers: the jobs they hold, who claimed each (role and worker name), when, and until when';
 GRANT SELECT ON jobq.leases TO PUBLIC;
