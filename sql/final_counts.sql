@@ -71,7 +71,8 @@ BEGIN
 END $$;
 SELECT kind, state, count(*) FROM jobq.jobs WHERE queue = 'fc' GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT * FROM counts_differ();
-SELECT completed, discarded, cancelled FROM jobq.queue_stats WHERE queue = 'fc';
+SELECT completed, discarded, cancelled, completed_last_minute, failed_last_minute
+  FROM jobq.queue_stats WHERE queue = 'fc';
 
 -- the caller sees the counts of the jobs it may see
 SET ROLE fc_user;
@@ -113,7 +114,10 @@ SELECT 'fc_ok', '{}', 'fc', 0, 'completed', 25, now(), 'fc_user', now() FROM gen
 SELECT * FROM counts_differ();
 SELECT queue, completed, discarded, cancelled FROM jobq.queue_stats WHERE queue LIKE 'fc%' ORDER BY queue;
 
--- the cleaner deletes expired jobs and folds the counts into a row per key
+-- the cleaner deletes expired jobs and folds the counts older than a
+-- minute into a row per key (made older here)
+UPDATE jobq.final_counts SET at = at - interval '2 minutes';
+SELECT completed_last_minute, failed_last_minute FROM jobq.queue_stats WHERE queue = 'fc';
 ALTER SYSTEM SET jobq.completed_retention = '1 ms';
 ALTER SYSTEM SET jobq.cleanup_interval = '100 ms';
 SELECT pg_reload_conf();
@@ -122,9 +126,11 @@ DECLARE
 	deadline timestamptz := clock_timestamp() + interval '60 s';
 BEGIN
 	WHILE EXISTS (SELECT FROM jobq.jobs WHERE queue LIKE 'fc%' AND state = 'completed')
-		  OR (SELECT count(*) FROM jobq.final_counts WHERE queue LIKE 'fc%')
+		  OR EXISTS (SELECT FROM jobq.final_counts WHERE queue LIKE 'fc%' AND at IS NOT NULL
+					  AND at < now() - interval '1 minute')
+		  OR (SELECT count(*) FROM jobq.final_counts WHERE queue LIKE 'fc%' AND at IS NULL)
 			 > (SELECT count(DISTINCT (queue, kind, owner, leased_by, state))
-				  FROM jobq.final_counts WHERE queue LIKE 'fc%') LOOP
+				  FROM jobq.final_counts WHERE queue LIKE 'fc%' AND at IS NULL) LOOP
 		IF clock_timestamp() > deadline THEN
 			RAISE EXCEPTION 'the cleaner did not delete and fold';
 		END IF;
@@ -149,6 +155,15 @@ SELECT * FROM counts_differ();
 SET ROLE fc_user;
 SELECT jobq.recount_final_jobs();
 RESET ROLE;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT jobq.recount_final_jobs();
+ROLLBACK;
+-- TRUNCATE jobq.jobs empties the counts
+BEGIN;
+TRUNCATE jobq.jobs;
+SELECT count(*) AS count_rows FROM jobq.final_counts;
+ROLLBACK;
+SELECT * FROM counts_differ();
 
 -- a trigger refuses to be anything but an AFTER statement trigger
 CREATE TABLE fc.t (x int);

@@ -1214,10 +1214,15 @@ CREATE TABLE jobq.final_counts (
 	owner		regrole NOT NULL,
 	leased_by	regrole,
 	state		jobq.job_state NOT NULL,
-	jobs		bigint NOT NULL
+	jobs		bigint NOT NULL,
+	at			timestamptz
 );
 COMMENT ON TABLE jobq.final_counts IS
 	'Final jobs kept in jobq.jobs: the rows of a (queue, kind, owner, leased_by, state) add up to its count. Appended by triggers on jobq.jobs, folded by the cleaner; read by jobq.queue_stats';
+COMMENT ON COLUMN jobq.final_counts.jobs IS
+	'Jobs that became (positive) or stopped being (negative) final in this state';
+COMMENT ON COLUMN jobq.final_counts.at IS
+	'When the change was made; NULL for the rows the cleaner folded (changes older than a minute)';
 /* the counts a role may read are those of the jobs it may see */
 ALTER TABLE jobq.final_counts ENABLE ROW LEVEL SECURITY;
 CREATE POLICY final_counts_visible ON jobq.final_counts FOR SELECT
@@ -1247,25 +1252,40 @@ ALTER TABLE jobq.jobs ENABLE ALWAYS TRIGGER count_inserted,
 	ENABLE ALWAYS TRIGGER count_truncated;
 
 /*
- * Counts the final jobs again from jobq.jobs: after the triggers were
- * disabled (pg_restore --disable-triggers), and for the jobs kept before
- * this version.
+ * Counts the final jobs again from jobq.jobs.  The lock keeps every change
+ * to the jobs out, the cleaner's folding of the counts with it (it deletes
+ * jobs first); the statements after it must see what committed before it,
+ * so jobq.recount_final_jobs() wants READ COMMITTED.  The update to this
+ * version calls it holding jobq.jobs exclusively already.
  */
-CREATE FUNCTION jobq.recount_final_jobs() RETURNS void
+CREATE FUNCTION jobq._recount_final_jobs() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	LOCK TABLE jobq.jobs IN SHARE MODE;
 	DELETE FROM jobq.final_counts;
-	INSERT INTO jobq.final_counts (queue, kind, owner, leased_by, state, jobs)
-	SELECT queue, kind, owner, leased_by, state, count(*)
+	INSERT INTO jobq.final_counts (queue, kind, owner, leased_by, state, jobs, at)
+	SELECT queue, kind, owner, leased_by, state, count(*), NULL
 	  FROM jobq.jobs
 	 WHERE state IN ('completed', 'cancelled', 'discarded')
 	 GROUP BY queue, kind, owner, leased_by, state;
 END $$;
+REVOKE ALL ON FUNCTION jobq._recount_final_jobs() FROM PUBLIC;
+SELECT jobq._recount_final_jobs();
+
+/* After the triggers were disabled (pg_restore --disable-triggers). */
+CREATE FUNCTION jobq.recount_final_jobs() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'jobq.recount_final_jobs() must run at isolation level READ COMMITTED'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'It counts the jobs committed before it locks jobq.jobs.';
+	END IF;
+	PERFORM jobq._recount_final_jobs();
+END $$;
 REVOKE ALL ON FUNCTION jobq.recount_final_jobs() FROM PUBLIC;
 COMMENT ON FUNCTION jobq.recount_final_jobs() IS
 	'Counts the final jobs jobq.queue_stats shows again from jobq.jobs (after its triggers were disabled)';
-SELECT jobq.recount_final_jobs();
 
 /*
  * queue_stats counts the jobs the caller sees.  It runs with its owner's
@@ -1273,7 +1293,8 @@ SELECT jobq.recount_final_jobs();
  * current_user, the caller): under row level security PostgreSQL could not
  * use the partial indexes (a state test is not leakproof) and would read
  * every job, a million kept ones included.  A security barrier keeps the
- * caller's conditions above the counts.
+ * caller's conditions above the counts.  The jobs that ended in the last
+ * minute are the final counts' increases of the last minute.
  */
 DROP VIEW jobq.queue_stats;
 CREATE VIEW jobq.queue_stats WITH (security_barrier = true) AS
@@ -1288,8 +1309,8 @@ SELECT q.name AS queue,
 	   coalesce(f.cancelled, 0) AS cancelled,
 	   coalesce(f.discarded, 0) AS discarded,
 	   coalesce(now() - a.oldest_available, '0') AS lag,
-	   coalesce(m.completed_last_minute, 0) AS completed_last_minute,
-	   coalesce(w.failed_last_minute, 0) + coalesce(m.failed_last_minute, 0) AS failed_last_minute
+	   coalesce(f.completed_last_minute, 0) AS completed_last_minute,
+	   coalesce(w.failed_last_minute, 0) + coalesce(f.discarded_last_minute, 0) AS failed_last_minute
   FROM jobq.queues q
   /* each state through its own partial index */
   LEFT JOIN (
@@ -1314,22 +1335,15 @@ SELECT q.name AS queue,
 	 WHERE j.state IN ('scheduled', 'retryable')
 	   AND jobq._sees(j.owner, j.queue, j.kind, j.leased_by)
 	 GROUP BY j.queue) w ON w.queue = q.name
-  /* final jobs of the last minute (a discarded job ended after its attempt began) */
-  LEFT JOIN (
-	SELECT j.queue,
-		   count(*) FILTER (WHERE j.state = 'completed') AS completed_last_minute,
-		   count(*) FILTER (WHERE j.state = 'discarded'
-							  AND j.attempted_at > now() - interval '1 minute') AS failed_last_minute
-	  FROM jobq.jobs j
-	 WHERE j.state IN ('completed', 'cancelled', 'discarded')
-	   AND j.finalized_at > now() - interval '1 minute'
-	   AND jobq._sees(j.owner, j.queue, j.kind, j.leased_by)
-	 GROUP BY j.queue) m ON m.queue = q.name
   LEFT JOIN (
 	SELECT c.queue,
 		   sum(c.jobs) FILTER (WHERE c.state = 'completed')::bigint AS completed,
 		   sum(c.jobs) FILTER (WHERE c.state = 'cancelled')::bigint AS cancelled,
-		   sum(c.jobs) FILTER (WHERE c.state = 'discarded')::bigint AS discarded
+		   sum(c.jobs) FILTER (WHERE c.state = 'discarded')::bigint AS discarded,
+		   sum(c.jobs) FILTER (WHERE c.state = 'completed' AND c.jobs > 0
+									 AND c.at > now() - interval '1 minute')::bigint AS completed_last_minute,
+		   sum(c.jobs) FILTER (WHERE c.state = 'discarded' AND c.jobs > 0
+									 AND c.at > now() - interval '1 minute')::bigint AS discarded_last_minute
 	  FROM jobq.final_counts c
 	 WHERE jobq._sees(c.owner, c.queue, c.kind, c.leased_by)
 	 GROUP BY c.queue) f ON f.queue = q.name;

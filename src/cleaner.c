@@ -11,7 +11,7 @@
  * many small transactions that never hold locks for long.
  *
  * Each cycle also folds jobq.final_counts (see final_counts.c): the rows
- * statements appended since the last cycle become one row per key.
+ * statements appended more than a minute ago become one row per key.
  *
  *-------------------------------------------------------------------------
  */
@@ -41,13 +41,18 @@ static const JobqStatement DELETE_COMPLETED = {"delete completed",
 static const JobqStatement DELETE_FAILED = {"delete discarded and cancelled",
 	DELETE_SQL("('discarded', 'cancelled')"), 1, {FLOAT8OID}};
 
-/* Rows appended by transactions still running wait for the next cycle. */
+/*
+ * The counts older than a minute become one row per key (at NULL); the
+ * newer rows are what queue_stats counts as ended in the last minute.
+ * Rows appended by transactions still running wait for the next cycle.
+ */
 static const JobqStatement FOLD_COUNTS = {"fold final counts",
 "WITH gone AS MATERIALIZED ("
 "    DELETE FROM jobq.final_counts"
+"     WHERE at IS NULL OR at OPERATOR(pg_catalog.<) now() - interval '1 minute'"
 "    RETURNING queue, kind, owner, leased_by, state, jobs)"
-" INSERT INTO jobq.final_counts (queue, kind, owner, leased_by, state, jobs)"
-" SELECT queue, kind, owner, leased_by, state, sum(jobs)"
+" INSERT INTO jobq.final_counts (queue, kind, owner, leased_by, state, jobs, at)"
+" SELECT queue, kind, owner, leased_by, state, sum(jobs), NULL"
 "   FROM gone"
 "  GROUP BY queue, kind, owner, leased_by, state"
 " HAVING sum(jobs) OPERATOR(pg_catalog.<>) 0",

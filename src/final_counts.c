@@ -8,13 +8,16 @@
  *
  * A statement trigger on jobq.jobs (jobq._count_final_jobs, AFTER INSERT,
  * UPDATE and DELETE, with transition tables) appends to jobq.final_counts
- * one row per key whose count the statement changed, holding the change.
+ * one row per key whose count the statement changed, holding the change
+ * and when it was made.
  * Whatever changes the jobs (a worker's batch, the cleaner, the SQL API, a
  * superuser's UPDATE, a restore's COPY) changes the counts in the same
  * transaction, so they are exact in every snapshot.  Rows are only
  * appended, never updated, so concurrent statements never wait on each
- * other's counts; the cleaner folds them into one row per key
- * (cleaner.c).  A TRUNCATE of jobq.jobs empties the counts.
+ * other's counts.  The cleaner folds the rows older than a minute into one
+ * row per key (cleaner.c); the newer ones tell jobq.queue_stats how many
+ * jobs ended in the last minute.  A TRUNCATE of jobq.jobs empties the
+ * counts.
  *
  * The rows are written with heap_insert: jobq.final_counts has no index,
  * trigger or constraint beyond NOT NULL, and writing it needs no privilege
@@ -39,6 +42,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 /* Columns of jobq.final_counts, as the 0.2.0 script creates it. */
@@ -50,6 +54,7 @@ enum
 	COUNT_LEASED_BY,
 	COUNT_STATE,
 	COUNT_JOBS,
+	COUNT_AT,
 	COUNT_NATTS
 };
 
@@ -231,6 +236,7 @@ append_changes(CountChanges *changes)
 {
 	Oid			relid = get_relname_relid("final_counts", get_namespace_oid("jobq", false));
 	Relation	counts;
+	TimestampTz now = GetCurrentTimestamp();
 	int			i;
 
 	if (!OidIsValid(relid))
@@ -259,16 +265,21 @@ append_changes(CountChanges *changes)
 		nulls[COUNT_LEASED_BY] = !OidIsValid(c->leased_by);
 		values[COUNT_STATE] = ObjectIdGetDatum(c->state);
 		values[COUNT_JOBS] = Int64GetDatum(c->jobs);
+		values[COUNT_AT] = TimestampTzGetDatum(now);
 		simple_heap_insert(counts, heap_form_tuple(RelationGetDescr(counts), values, nulls));
 	}
 	table_close(counts, NoLock);
 }
 
+/*
+ * TRUNCATE jobq.jobs: so are the counts (a DELETE would miss the rows of
+ * transactions that committed after this one's snapshot was taken).
+ */
 static void
 empty_counts(void)
 {
 	SPI_connect();
-	if (SPI_execute("DELETE FROM jobq.final_counts", false, 0) != SPI_OK_DELETE)
+	if (SPI_execute("TRUNCATE jobq.final_counts", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not empty jobq.final_counts");
 	SPI_finish();
 }
