@@ -1223,6 +1223,8 @@ COMMENT ON COLUMN jobq.final_counts.jobs IS
 	'Jobs that became (positive) or stopped being (negative) final in this state';
 COMMENT ON COLUMN jobq.final_counts.at IS
 	'When the change was made; NULL for the rows the cleaner folded (changes older than a minute)';
+/* a publication FOR ALL TABLES would refuse the cleaner's DELETE without it */
+ALTER TABLE jobq.final_counts REPLICA IDENTITY FULL;
 /* the counts a role may read are those of the jobs it may see */
 ALTER TABLE jobq.final_counts ENABLE ROW LEVEL SECURITY;
 CREATE POLICY final_counts_visible ON jobq.final_counts FOR SELECT
