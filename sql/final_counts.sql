@@ -118,6 +118,10 @@ SELECT queue, completed, discarded, cancelled FROM jobq.queue_stats WHERE queue 
 -- minute into a row per key (made older here)
 UPDATE jobq.final_counts SET at = at - interval '2 minutes';
 SELECT completed_last_minute, failed_last_minute FROM jobq.queue_stats WHERE queue = 'fc';
+-- (with every table published: deleting from a table needs a replica identity)
+SET client_min_messages = error;
+CREATE PUBLICATION fc_everything FOR ALL TABLES;
+RESET client_min_messages;
 ALTER SYSTEM SET jobq.completed_retention = '1 ms';
 ALTER SYSTEM SET jobq.cleanup_interval = '100 ms';
 SELECT pg_reload_conf();
@@ -140,6 +144,7 @@ END $$;
 ALTER SYSTEM RESET jobq.completed_retention;
 ALTER SYSTEM RESET jobq.cleanup_interval;
 SELECT pg_reload_conf();
+DROP PUBLICATION fc_everything;
 SELECT * FROM counts_differ();
 SELECT queue, completed, discarded, cancelled FROM jobq.queue_stats WHERE queue LIKE 'fc%' ORDER BY queue;
 
