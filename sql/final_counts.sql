@@ -123,7 +123,6 @@ SET client_min_messages = error;
 CREATE PUBLICATION fc_everything FOR ALL TABLES;
 RESET client_min_messages;
 ALTER SYSTEM SET jobq.completed_retention = '1 ms';
-ALTER SYSTEM SET jobq.cleanup_interval = '100 ms';
 SELECT pg_reload_conf();
 DO $$
 DECLARE
@@ -142,7 +141,6 @@ BEGIN
 	END LOOP;
 END $$;
 ALTER SYSTEM RESET jobq.completed_retention;
-ALTER SYSTEM RESET jobq.cleanup_interval;
 SELECT pg_reload_conf();
 DROP PUBLICATION fc_everything;
 SELECT * FROM counts_differ();

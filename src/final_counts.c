@@ -279,7 +279,8 @@ static void
 empty_counts(void)
 {
 	SPI_connect();
-	if (SPI_execute("TRUNCATE jobq.final_counts", false, 0) != SPI_OK_UTILITY)
+	if (jobq_execute_plan(jobq_prepare_transient("TRUNCATE jobq.final_counts", 0, NULL),
+						  NULL, NULL, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not empty jobq.final_counts");
 	SPI_finish();
 }
